@@ -1,0 +1,32 @@
+# Two commands do all set-up on a fresh machine with only Python and pip:
+#   make demo   -- install, build the captioned-shapes data, train a small model, evaluate it
+#   make test   -- install, run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+WORKDIR ?= runs/demo
+DATA_DIR ?= data
+
+.PHONY: install demo test bench clean
+
+# Reinstalls only when the pins change: the stamp depends on them.
+$(STAMP): pyproject.toml requirements/lock.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c requirements/lock.txt -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m mmfm.train --config experiments/configs/demo.py --workdir $(WORKDIR) --config.data.dir=$(DATA_DIR)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist loadfile tests notebooks --nbmake
+
+bench: $(STAMP)
+	$(PY) benchmarks/train_step.py
+
+clean:
+	rm -rf $(VENV) runs
