@@ -1,0 +1,202 @@
+"""Typed model configs and the size table.
+
+Each encoder takes its own small frozen dataclass, never the experiment config. Sizes follow
+big_vision's table ("mu" is the tiny test size); `vit_config("B/16")` decodes a variant string.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Literal, Optional
+
+# name: (width, depth, mlp_dim, heads). big_vision's ViT size table plus the SigLIP shape-optimised
+# So400m. "mu" is for tests only.
+SIZES: dict[str, tuple[int, int, int, int]] = {
+    "mu": (32, 2, 128, 2),
+    "Ti": (192, 12, 768, 3),
+    "S": (384, 12, 1536, 6),
+    "M": (512, 12, 2048, 8),
+    "B": (768, 12, 3072, 12),
+    "L": (1024, 24, 4096, 16),
+    "So400m": (1152, 27, 4304, 16),
+    "H": (1280, 32, 5120, 16),
+    "g": (1408, 40, 6144, 16),
+}
+
+Pool = Literal["cls", "mean", "map", "none"]
+TextPool = Literal["eot", "argmax", "last", "first", "mean"]
+Act = Literal["gelu", "gelu_tanh", "quick_gelu", "relu"]
+DType = Literal["float32", "bfloat16", "float16"]
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ValueError(f"{key}: {msg}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig:
+    """The transformer stack shared by both towers."""
+    width: int = 32
+    depth: int = 2
+    mlp_dim: int = 128
+    heads: int = 2
+    act: Act = "gelu"
+    ln_eps: float = 1e-6
+    dropout: float = 0.0
+    dtype: DType = "float32"  # compute dtype; params stay in param_dtype
+    param_dtype: DType = "float32"
+    scan: bool = False  # nn.scan over layers: compile time flat in depth
+    remat: str = "none"  # none | full | dots (which activations to save)
+    attn_impl: Optional[str] = None  # jax.nn.dot_product_attention implementation (None, 'cudnn', 'xla')
+
+    def validate(self, prefix: str) -> None:
+        for name in ("width", "depth", "mlp_dim", "heads"):
+            _check(getattr(self, name) > 0, f"{prefix}.{name}", f"must be > 0, got {getattr(self, name)}")
+        _check(self.width % self.heads == 0, f"{prefix}.heads",
+               f"width {self.width} is not divisible by heads {self.heads}")
+        _check(self.remat in ("none", "full", "dots"), f"{prefix}.remat",
+               f"must be one of none|full|dots, got {self.remat!r}")
+        _check(self.act in ("gelu", "gelu_tanh", "quick_gelu", "relu"), f"{prefix}.act",
+               f"unknown activation {self.act!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class VitConfig(EncoderConfig):
+    image_size: int = 32
+    patch_size: int = 8
+    channels: int = 3
+    pool: Pool = "cls"
+    posemb: Literal["learn", "sincos2d"] = "learn"
+    patch_bias: bool = True  # CLIP's conv1 has no bias
+    ln_pre: bool = False  # CLIP normalises tokens before the blocks
+    ln_post: bool = True
+    head_bias: bool = True
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid * self.grid
+
+    def validate(self, prefix: str = "model.image") -> None:
+        super().validate(prefix)
+        _check(self.patch_size > 0 and self.image_size % self.patch_size == 0, f"{prefix}.patch_size",
+               f"patch size {self.patch_size} does not divide image size {self.image_size}")
+        _check(self.pool in ("cls", "mean", "map", "none"), f"{prefix}.pool", f"unknown pool {self.pool!r}")
+        _check(self.posemb in ("learn", "sincos2d"), f"{prefix}.posemb", f"unknown posemb {self.posemb!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TextConfig(EncoderConfig):
+    vocab_size: int = 256
+    context_length: int = 16
+    causal: bool = True
+    pool: TextPool = "eot"
+    eot_id: int = 2  # the end-of-text id that 'eot' pooling looks for
+    pad_id: int = 0
+    mask_pad: bool = True  # key-padding mask (bidirectional towers); CLIP relies on causality instead
+    head_bias: bool = False
+    mlm_head: bool = False  # build the (embedding-tied) MLM head
+
+    def validate(self, prefix: str = "model.text") -> None:
+        super().validate(prefix)
+        _check(self.vocab_size > 0, f"{prefix}.vocab_size", "must be > 0")
+        _check(self.context_length > 0, f"{prefix}.context_length", "must be > 0")
+        _check(self.pool in ("eot", "argmax", "last", "first", "mean"), f"{prefix}.pool",
+               f"unknown pool {self.pool!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig(EncoderConfig):
+    """The light MAE decoder (He et al.: 8 blocks x 512 at ViT-L; 1-2 blocks are enough here)."""
+    width: int = 32
+    depth: int = 1
+    mlp_dim: int = 128
+    heads: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    image: VitConfig
+    text: TextConfig
+    embed_dim: int = 32
+    init_temperature: float = 0.07  # CLIP: logit scale = 1/0.07; SigLIP uses 10 with bias -10
+    init_bias: Optional[float] = None  # None: no bias parameter (CLIP)
+    mae_decoder: Optional[DecoderConfig] = None
+
+    def validate(self) -> "ModelConfig":
+        self.image.validate("model.image")
+        self.text.validate("model.text")
+        _check(self.embed_dim > 0, "model.embed_dim", "must be > 0")
+        _check(self.init_temperature > 0, "model.init_temperature", "must be > 0")
+        if self.mae_decoder is not None:
+            self.mae_decoder.validate("model.mae_decoder")
+        return self
+
+
+def parse_variant(variant: str) -> tuple[str, Optional[int]]:
+    """'B/16' -> ('B', 16); 'mu' -> ('mu', None)."""
+    m = re.fullmatch(r"([A-Za-z0-9]+)(?:/(\d+))?", variant)
+    if not m or m.group(1) not in SIZES:
+        raise ValueError(f"unknown model size {variant!r}; valid sizes: {', '.join(SIZES)} "
+                         "(optionally with /patch, e.g. 'B/16')")
+    return m.group(1), int(m.group(2)) if m.group(2) else None
+
+
+def size_kwargs(size: str) -> dict:
+    width, depth, mlp_dim, heads = SIZES[size]
+    return dict(width=width, depth=depth, mlp_dim=mlp_dim, heads=heads)
+
+
+def vit_config(variant: str, **overrides) -> VitConfig:
+    size, patch = parse_variant(variant)
+    kw = size_kwargs(size)
+    if patch is not None:
+        kw["patch_size"] = patch
+    kw.update(overrides)
+    return VitConfig(**kw)
+
+
+def text_config(size: str, **overrides) -> TextConfig:
+    size, _ = parse_variant(size)
+    kw = size_kwargs(size)
+    kw.update(overrides)
+    return TextConfig(**kw)
+
+
+def count_params_closed_form(cfg: ModelConfig) -> int:
+    """Parameter count from the config alone (a check on the modules, asserted by tests)."""
+    def blocks(e: EncoderConfig) -> int:
+        w, m = e.width, e.mlp_dim
+        per = 2 * 2 * w + 4 * (w * w + w) + (w * m + m) + (m * w + w)
+        return e.depth * per
+
+    def map_head(e: EncoderConfig) -> int:
+        w, m = e.width, e.mlp_dim
+        return w + 4 * (w * w + w) + 2 * w + (w * m + m) + (m * w + w)
+
+    im, tx = cfg.image, cfg.text
+    n = im.patch_size ** 2 * im.channels * im.width + (im.width if im.patch_bias else 0)
+    n += im.num_patches * im.width if im.posemb == "learn" else 0
+    n += im.width if im.pool == "cls" else 0
+    n += 2 * im.width if im.ln_pre else 0
+    n += blocks(im) + (2 * im.width if im.ln_post else 0)
+    n += map_head(im) if im.pool == "map" else 0
+    n += im.width * cfg.embed_dim + (cfg.embed_dim if im.head_bias else 0)
+
+    n += tx.vocab_size * tx.width + tx.context_length * tx.width + blocks(tx) + 2 * tx.width
+    n += tx.width * cfg.embed_dim + (cfg.embed_dim if tx.head_bias else 0)
+    if tx.mlm_head:  # dense + layernorm + output bias; the output matrix is the tied embedding
+        n += tx.width * tx.width + tx.width + 2 * tx.width + tx.vocab_size
+
+    n += 1 + (1 if cfg.init_bias is not None else 0)
+    if cfg.mae_decoder is not None:
+        d = cfg.mae_decoder
+        n += im.width * d.width + d.width  # embed
+        n += d.width  # mask token
+        n += blocks(d) + 2 * d.width
+        n += d.width * im.patch_size ** 2 * im.channels + im.patch_size ** 2 * im.channels
+    return n

@@ -1,0 +1,71 @@
+"""ViT image encoder with optional patch dropping (FLIP / MAE)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmfm import sharding as sh
+from mmfm.models import layers
+from mmfm.models.config import VitConfig
+
+Array = jax.Array
+
+
+class VisionTransformer(nn.Module):
+    """images [batch, H, W, C] float -> (embedding [batch, embed_dim], out dict).
+
+    `keep_idx` [batch, kept] selects which patches the encoder sees (after the position embedding
+    is added, so kept patches keep their positions). out holds `tokens` (the encoded kept patches,
+    [batch, kept, width], without the cls token) and `pooled` [batch, width].
+    """
+    cfg: VitConfig
+    embed_dim: int
+
+    @nn.compact
+    def __call__(self, images: Array, *, keep_idx: Optional[Array] = None, train: bool = False):
+        cfg = self.cfg
+        dt, pdt = layers.dtype_of(cfg.dtype), layers.dtype_of(cfg.param_dtype)
+        if images.shape[1:3] != (cfg.image_size, cfg.image_size):
+            raise ValueError(f"images have shape {images.shape}, model.image.image_size is {cfg.image_size}")
+        p = cfg.patch_size
+        x = nn.Conv(cfg.width, (p, p), strides=(p, p), padding="VALID", use_bias=cfg.patch_bias,
+                    dtype=dt, param_dtype=pdt, name="embedding",
+                    kernel_init=layers.dense_init((None, None, sh.PATCH, sh.EMBED)),
+                    bias_init=layers.bias_init((sh.EMBED,)))(images.astype(dt))
+        x_bnd = x.reshape(x.shape[0], -1, cfg.width)
+        if cfg.posemb == "learn":
+            pos = self.param("pos_embedding", nn.with_logical_partitioning(
+                nn.initializers.normal(0.02), (None, sh.SEQ, sh.EMBED)),
+                (1, cfg.num_patches, cfg.width), pdt)
+        else:
+            pos = layers.sincos_2d(cfg.grid, cfg.width)[None]
+        x_bnd = x_bnd + jnp.asarray(pos, dt)
+        if keep_idx is not None:
+            x_bnd = jnp.take_along_axis(x_bnd, keep_idx[..., None].astype(jnp.int32), axis=1)
+        n_tokens = x_bnd.shape[1]
+        if cfg.pool == "cls":
+            cls = self.param("cls", nn.with_logical_partitioning(
+                nn.initializers.zeros_init(), (None, None, sh.EMBED)), (1, 1, cfg.width), pdt)
+            x_bnd = jnp.concatenate([jnp.tile(cls.astype(dt), (x_bnd.shape[0], 1, 1)), x_bnd], axis=1)
+        if cfg.ln_pre:
+            x_bnd = layers.layer_norm(cfg, "ln_pre")(x_bnd)
+        x_bnd = layers.Encoder(cfg, name="encoder")(x_bnd, None, train)
+        if cfg.ln_post:
+            x_bnd = layers.layer_norm(cfg, "ln_post")(x_bnd)
+
+        tokens = x_bnd[:, -n_tokens:]
+        if cfg.pool == "cls":
+            pooled = x_bnd[:, 0]
+        elif cfg.pool == "mean":
+            pooled = tokens.mean(axis=1)
+        elif cfg.pool == "map":
+            pooled = layers.MapHead(cfg, name="map_head")(tokens)
+        else:  # 'none': first token, for models that pool outside
+            pooled = tokens[:, 0]
+        emb = nn.Dense(self.embed_dim, use_bias=cfg.head_bias, dtype=dt, param_dtype=pdt,
+                       kernel_init=layers.dense_init((sh.EMBED, None)),
+                       bias_init=layers.bias_init((None,)), name="head")(pooled)
+        return emb, {"tokens": tokens, "pooled": pooled}
