@@ -200,3 +200,47 @@ def count_params_closed_form(cfg: ModelConfig) -> int:
         n += blocks(d) + 2 * d.width
         n += d.width * im.patch_size ** 2 * im.channels + im.patch_size ** 2 * im.channels
     return n
+
+
+def _fields(cls) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def _make(cls, kw: dict, prefix: str):
+    unknown = sorted(set(kw) - _fields(cls))
+    if unknown:
+        raise ValueError(f"{prefix}: unknown key(s) {unknown}; valid keys: {sorted(_fields(cls))}")
+    return cls(**kw)
+
+
+def model_config_from_dict(d: dict, **text_overrides) -> ModelConfig:
+    """ModelConfig from a plain (or ConfigDict) mapping, as experiment configs and exports store it.
+
+    `image` / `text` / `mae_decoder` take an optional `variant` ("B/16", "mu") plus field overrides;
+    top-level `dtype`, `param_dtype`, `scan`, `remat` apply to every tower unless a tower sets them.
+    """
+    d = dict(d)
+    shared = {k: d.pop(k) for k in ("dtype", "param_dtype", "scan", "remat", "attn_impl") if k in d}
+
+    def tower(cls, sub: dict, prefix: str):
+        sub = dict(sub)
+        kw = dict(shared)
+        variant = sub.pop("variant", None)
+        if variant is not None:
+            size, patch = parse_variant(variant)
+            kw.update(size_kwargs(size))
+            if patch is not None:
+                kw["patch_size"] = patch
+        kw.update(sub)
+        return _make(cls, kw, prefix)
+
+    image = tower(VitConfig, d.pop("image", {}), "model.image")
+    text = tower(TextConfig, {**dict(d.pop("text", {})), **text_overrides}, "model.text")
+    dec = d.pop("mae_decoder", None)
+    decoder = tower(DecoderConfig, dec, "model.mae_decoder") if dec else None
+    return _make(ModelConfig, dict(d, image=image, text=text, mae_decoder=decoder), "model").validate()
+
+
+def model_config_to_dict(cfg: ModelConfig) -> dict:
+    """JSON-able dict that model_config_from_dict reads back (exports and checkpoint metadata)."""
+    return dataclasses.asdict(cfg)

@@ -65,25 +65,33 @@ class Attention(nn.Module):
     """
     cfg: EncoderConfig
 
+    def _proj(self, name: str, x: Array, shape: tuple[int, ...], names: tuple, in_axis, out_axis,
+              eq: str, bias_shape: tuple[int, ...], bias_names: tuple) -> Array:
+        cfg = self.cfg
+        init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform", in_axis=in_axis,
+                                                out_axis=out_axis)
+        kernel = self.param(f"{name}_kernel", nn.with_logical_partitioning(init, names), shape,
+                            dtype_of(cfg.param_dtype))
+        bias = self.param(f"{name}_bias", bias_init(bias_names), bias_shape, dtype_of(cfg.param_dtype))
+        dt = dtype_of(cfg.dtype)
+        return jnp.einsum(eq, x.astype(dt), kernel.astype(dt)) + bias.astype(dt)
+
     @nn.compact
     def __call__(self, x: Array, kv: Optional[Array] = None, *, mask: Optional[Array] = None,
                  causal: bool = False) -> Array:
         cfg = self.cfg
         kv = x if kv is None else kv
-        head_dim = cfg.width // cfg.heads
-        proj = functools.partial(
-            nn.DenseGeneral, features=(cfg.heads, head_dim), dtype=dtype_of(cfg.dtype),
-            param_dtype=dtype_of(cfg.param_dtype),
-            kernel_init=dense_init((sh.EMBED, sh.HEADS, sh.KV)), bias_init=bias_init((sh.HEADS, sh.KV)))
-        q = proj(name="query")(x)
-        k = proj(name="key")(kv)
-        v = proj(name="value")(kv)
+        hd = cfg.width // cfg.heads
+        qkv = dict(shape=(cfg.width, cfg.heads, hd), names=(sh.EMBED, sh.HEADS, sh.KV), in_axis=0,
+                   out_axis=(1, 2), eq="btd,dhk->bthk", bias_shape=(cfg.heads, hd),
+                   bias_names=(sh.HEADS, sh.KV))
+        q = self._proj("query", x, **qkv)
+        k = self._proj("key", kv, **qkv)
+        v = self._proj("value", kv, **qkv)
         out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal,
                                            implementation=cfg.attn_impl)
-        return nn.DenseGeneral(
-            cfg.width, axis=(-2, -1), dtype=dtype_of(cfg.dtype), param_dtype=dtype_of(cfg.param_dtype),
-            kernel_init=dense_init((sh.HEADS, sh.KV, sh.EMBED)), bias_init=bias_init((sh.EMBED,)),
-            name="out")(out)
+        return self._proj("out", out, (cfg.heads, hd, cfg.width), (sh.HEADS, sh.KV, sh.EMBED),
+                          (0, 1), 2, "bthk,hkd->btd", (cfg.width,), (sh.EMBED,))
 
 
 class Mlp(nn.Module):

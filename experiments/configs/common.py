@@ -1,0 +1,70 @@
+"""Shared defaults for every experiment config; each config overrides a few fields.
+
+`finalize(config, arg)` applies the `tiny` override (a seconds-long CPU job with the same code
+paths) and locks the config, so a typo in `--config.x=y` fails listing the valid keys.
+"""
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.data = dict(name="captioned_shapes", dir="data", image_size=64, num_train=20_000,
+                  num_test=1_000, seed=0, context_length=24, caption_drop={}, worker_count=0)
+    # Image normalisation, travels with the model (exports, zoo tags). CLIP's defaults.
+    c.preprocess = dict(mean=(0.48145466, 0.4578275, 0.40821073),
+                        std=(0.26862954, 0.26130258, 0.27577711))
+    c.model = dict(image=dict(variant="mu", patch_size=16, pool="cls"),
+                   text=dict(variant="mu", causal=True, pool="eot", mlm_head=False),
+                   embed_dim=128, init_temperature=0.07, init_bias=None, mae_decoder=None,
+                   dtype="float32", param_dtype="float32", scan=False, remat="none")
+    c.loss = dict(contrastive="clip", contrastive_weight=1.0, mae_weight=0.0, mlm_weight=0.0,
+                  patch_drop=0.0, mae_ratio=0.75, mlm_ratio=0.15, norm_pix=True, chunked=False)
+    c.optim = dict(name="adamw", lr=1e-3, warmup_steps=100, end_lr_frac=0.0, b1=0.9, b2=0.98,
+                   eps=1e-6, weight_decay=0.1, grad_clip=1.0, freeze=())
+    c.mesh = dict(shape=(-1, 1, 1),
+                  rules=(("batch", ("data", "fsdp")), ("embed", "fsdp"), ("mlp", "tensor"),
+                         ("heads", "tensor"), ("vocab", "tensor")))
+    c.batch_size = 256
+    c.total_steps = 1_000
+    c.log_every = 50
+    c.eval_every = 0  # 0: only at the end
+    c.checkpoint_every = 500
+    c.keep_checkpoints = 3
+    c.evals = dict(probe_train_examples=4_000, batch_size=256)
+    return c
+
+
+def apply_tiny(c: ml_collections.ConfigDict) -> None:
+    """Seconds on CPU: the mu model, tiny data, a few steps; same code paths as the full run."""
+    c.data.image_size = 32
+    c.data.num_train = 256
+    c.data.num_test = 64
+    c.data.context_length = 24
+    c.model.image = dict(c.model.image.to_dict(), width=32, depth=1, mlp_dim=64, heads=2,
+                         patch_size=8)
+    c.model.text = dict(c.model.text.to_dict(), width=32, depth=1, mlp_dim=64, heads=2)
+    c.model.embed_dim = 32
+    c.model.dtype = "float32"
+    c.model.scan = False
+    if c.model.mae_decoder:
+        c.model.mae_decoder = dict(width=32, depth=1, mlp_dim=64, heads=2)
+    c.batch_size = 16
+    c.total_steps = 4
+    c.optim.warmup_steps = 1
+    c.log_every = 2
+    c.eval_every = 0
+    c.checkpoint_every = 2
+    c.evals.probe_train_examples = 64
+    c.evals.batch_size = 32
+
+
+def finalize(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+    args = [a for a in (arg or "").split(",") if a]
+    unknown = [a for a in args if a not in ("tiny",)]
+    if unknown:
+        raise ValueError(f"unknown config argument(s) {unknown}; valid: tiny")
+    if "tiny" in args:
+        apply_tiny(c)
+    c.lock()
+    return c

@@ -1,0 +1,51 @@
+"""Command line: `mmfm train|eval|export|...`. Thin: all logic lives in importable modules."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S")
+    for noisy in ("absl", "jax._src", "orbax", "tensorflow_datasets", "grain"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def train_main(argv=None) -> None:
+    """Parse `--config FILE[:arg] --workdir DIR --config.key=value ...` and train."""
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    flags_ = flags.FLAGS
+    if "config" not in flags_:
+        config_flags.DEFINE_config_file("config", None, "experiment config file (FILE[:arg])",
+                                        lock_config=True)
+        flags.DEFINE_string("workdir", None, "run directory (checkpoints, logs); resumes if it exists")
+        flags.DEFINE_integer("max_steps", None, "stop after this step (for tests; schedule unchanged)")
+
+    def main(_argv):
+        _setup_logging()
+        from mmfm.train.distributed import maybe_initialize_distributed
+        maybe_initialize_distributed()
+        if flags_.config is None or flags_.workdir is None:
+            raise app.UsageError("--config and --workdir are required")
+        from mmfm.train.loop import train_and_evaluate
+        train_and_evaluate(flags_.config, flags_.workdir, max_steps=flags_.max_steps)
+
+    app.run(main, argv=argv or sys.argv)
+
+
+COMMANDS = {"train": train_main}
+
+
+def main() -> None:
+    """`mmfm <command> ...`: dispatch to the command's own flag parser."""
+    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        print(f"usage: mmfm {{{'|'.join(COMMANDS)}}} [flags]; `mmfm <command> --help` for flags",
+              file=sys.stderr)
+        sys.exit(2)
+    cmd = sys.argv.pop(1)
+    sys.argv[0] = f"mmfm {cmd}"
+    COMMANDS[cmd]()

@@ -1,0 +1,97 @@
+"""The shared objective: config-weighted contrastive + MAE + MLM, with every term as a metric.
+
+CLIP, SigLIP, FLIP, MAE-only, M3AE-like and the combined mmfm objective are this one function with
+different weights; a weight of 0 skips that branch of the forward pass entirely.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from mmfm.losses.contrastive import contrastive_loss
+from mmfm.losses.masked import mae_loss, mlm_accuracy, mlm_loss
+
+Array = jax.Array
+
+CONTRASTIVE_KINDS = ("clip", "siglip")
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveConfig:
+    """Static description of the objective (hashable: part of the jitted step's closure)."""
+    contrastive: str = "clip"  # clip | siglip
+    contrastive_weight: float = 1.0
+    mae_weight: float = 0.0
+    mlm_weight: float = 0.0
+    patch_drop: float = 0.0  # contrastive view: FLIP drop ratio (0, 0.5, 0.75)
+    mae_ratio: float = 0.75  # reconstruction view
+    mlm_ratio: float = 0.15
+    norm_pix: bool = True
+    chunked: bool = False  # ring-chunked contrastive loss over the mesh's batch axes
+
+    def validate(self, prefix: str = "loss") -> "ObjectiveConfig":
+        if self.contrastive not in CONTRASTIVE_KINDS:
+            raise ValueError(f"{prefix}.contrastive: unknown kind {self.contrastive!r}; "
+                             f"valid: {', '.join(CONTRASTIVE_KINDS)}")
+        for name in ("contrastive_weight", "mae_weight", "mlm_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{prefix}.{name}: must be >= 0, got {getattr(self, name)}")
+        if self.contrastive_weight == self.mae_weight == self.mlm_weight == 0:
+            raise ValueError(f"{prefix}: every loss weight is 0; nothing to train")
+        for name in ("patch_drop", "mae_ratio"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{prefix}.{name}: must be in [0, 1), got {getattr(self, name)}")
+        if self.mlm_weight and not 0.0 < self.mlm_ratio < 1.0:
+            raise ValueError(f"{prefix}.mlm_ratio: must be in (0, 1), got {self.mlm_ratio}")
+        return self
+
+    @property
+    def use_contrastive(self) -> bool:
+        return self.contrastive_weight > 0
+
+    @property
+    def use_mae(self) -> bool:
+        return self.mae_weight > 0
+
+    @property
+    def use_mlm(self) -> bool:
+        return self.mlm_weight > 0
+
+    @property
+    def shared_image_view(self) -> bool:
+        """Equal ratios: one image-encoder pass serves both the contrastive and MAE losses."""
+        return self.use_contrastive and self.use_mae and self.patch_drop == self.mae_ratio
+
+
+def objective(out: dict, *, images: Array, tokens: Array, mae_mask: Optional[Array],
+              mlm_mask: Optional[Array], patch_size: int, cfg: ObjectiveConfig,
+              mesh=None) -> tuple[Array, dict]:
+    """Weighted total loss and metrics from the model's output dict.
+
+    images: [batch, H, W, C] normalised floats (the MAE targets); tokens: [batch, seq] original
+    tokens (the MLM targets); mae_mask / mlm_mask: 1 where removed / masked.
+    """
+    total = jnp.zeros((), jnp.float32)
+    metrics = {}
+    if cfg.use_contrastive:
+        con = contrastive_loss(cfg.contrastive, out["img/emb"], out["txt/emb"], out["scale"],
+                               out.get("bias"), mesh=mesh, chunked=cfg.chunked)
+        total += cfg.contrastive_weight * con
+        metrics[f"loss/{cfg.contrastive}"] = con
+        metrics["scale"] = out["scale"]
+        if "bias" in out:
+            metrics["bias"] = out["bias"]
+    if cfg.use_mae:
+        mae = mae_loss(out["mae/pred"], images, mae_mask, patch_size, norm_pix=cfg.norm_pix)
+        total += cfg.mae_weight * mae
+        metrics["loss/mae"] = mae
+    if cfg.use_mlm:
+        mlm = mlm_loss(out["mlm/logits"], tokens, mlm_mask)
+        total += cfg.mlm_weight * mlm
+        metrics["loss/mlm"] = mlm
+        metrics["mlm/accuracy"] = mlm_accuracy(out["mlm/logits"], tokens, mlm_mask)
+    metrics["loss"] = total
+    return total, metrics

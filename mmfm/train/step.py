@@ -1,0 +1,80 @@
+"""The pure train step: (state, batch) -> (state, metrics). Jitted once by the loop."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from mmfm import masking
+from mmfm.losses.objective import ObjectiveConfig, objective
+from mmfm.models.multimodal import TwoTower
+from mmfm.train.state import TrainState
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """Everything static the step needs besides state and batch."""
+    model: TwoTower
+    tx: Any  # optax.GradientTransformation
+    lr_fn: Any
+    objective: ObjectiveConfig
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    mask_id: int = 3
+    special_ids: tuple[int, ...] = (0, 1, 2, 3)
+    mesh: Any = None  # for the chunked contrastive loss
+
+
+def normalize_images(images_u8: jax.Array, mean, std) -> jax.Array:
+    """uint8 [batch, H, W, C] -> float32 normalised with the model's mean/std (0-1 scale)."""
+    x = images_u8.astype(jnp.float32) / 255.0
+    return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+def make_views(rng, images, tokens, sc: StepConfig):
+    """Contrastive / reconstruction masks of one step (pure functions of the step's rng)."""
+    obj, cfg = sc.objective, sc.model.cfg
+    r_con, r_mae, r_mlm = jax.random.split(rng, 3)
+    b, n = images.shape[0], cfg.image.num_patches
+    views: dict[str, Optional[jax.Array]] = dict(con_keep=None, mae_keep=None, mae_mask=None,
+                                                 mlm_tokens=None, mlm_mask=None)
+    if obj.use_contrastive and obj.patch_drop > 0:
+        views["con_keep"], con_mask = masking.patch_mask(r_con, b, n, obj.patch_drop)
+    if obj.use_mae:
+        if obj.shared_image_view:
+            views["mae_keep"], views["mae_mask"] = views["con_keep"], con_mask
+        else:
+            views["mae_keep"], views["mae_mask"] = masking.patch_mask(r_mae, b, n, obj.mae_ratio)
+    if obj.use_mlm:
+        views["mlm_tokens"], views["mlm_mask"] = masking.token_mask(
+            r_mlm, tokens, obj.mlm_ratio, mask_id=sc.mask_id, special_ids=sc.special_ids,
+            vocab_size=cfg.text.vocab_size)
+    return views
+
+
+def loss_and_metrics(params, batch, rng, sc: StepConfig):
+    r_views, r_drop = jax.random.split(rng)
+    images = normalize_images(batch["image"], sc.mean, sc.std)
+    tokens = batch["tokens"]
+    v = make_views(r_views, images, tokens, sc)
+    out = sc.model.apply(
+        {"params": params}, images, tokens, con_keep=v["con_keep"], mae_keep=v["mae_keep"],
+        mlm_tokens=v["mlm_tokens"], contrastive=sc.objective.use_contrastive,
+        mae_shares_view=sc.objective.shared_image_view, train=True, rngs={"dropout": r_drop})
+    return objective(out, images=images, tokens=tokens, mae_mask=v["mae_mask"], mlm_mask=v["mlm_mask"],
+                     patch_size=sc.model.cfg.image.patch_size, cfg=sc.objective, mesh=sc.mesh)
+
+
+def train_step(state: TrainState, batch: dict, *, sc: StepConfig) -> tuple[TrainState, dict]:
+    """One optimizer step. batch: {image uint8 [B,H,W,3], tokens int32 [B,L]} (global arrays)."""
+    rng = jax.random.fold_in(state.rng, state.step)
+    grad_fn = jax.value_and_grad(loss_and_metrics, has_aux=True)
+    (_, metrics), grads = grad_fn(state.params, batch, rng, sc)
+    updates, opt_state = sc.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(metrics, lr=sc.lr_fn(state.step), grad_norm=optax.global_norm(grads),
+                   param_norm=optax.global_norm(params), update_norm=optax.global_norm(updates))
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
