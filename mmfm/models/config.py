@@ -71,6 +71,8 @@ class VitConfig(EncoderConfig):
     patch_bias: bool = True  # CLIP's conv1 has no bias
     ln_pre: bool = False  # CLIP normalises tokens before the blocks
     ln_post: bool = True
+    cls_posemb: bool = False  # CLIP: the position table also covers the cls token (N+1 rows)
+    head: bool = True  # project to embed_dim; False (SigLIP/timm) requires embed_dim == width
     head_bias: bool = True
 
     @property
@@ -87,6 +89,8 @@ class VitConfig(EncoderConfig):
                f"patch size {self.patch_size} does not divide image size {self.image_size}")
         _check(self.pool in ("cls", "mean", "map", "none"), f"{prefix}.pool", f"unknown pool {self.pool!r}")
         _check(self.posemb in ("learn", "sincos2d"), f"{prefix}.posemb", f"unknown posemb {self.posemb!r}")
+        _check(not self.cls_posemb or (self.pool == "cls" and self.posemb == "learn"), f"{prefix}.cls_posemb",
+               "needs pool='cls' and posemb='learn'")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +136,8 @@ class ModelConfig:
         self.text.validate("model.text")
         _check(self.embed_dim > 0, "model.embed_dim", "must be > 0")
         _check(self.init_temperature > 0, "model.init_temperature", "must be > 0")
+        _check(self.image.head or self.embed_dim == self.image.width, "model.image.head",
+               f"head=False needs embed_dim == image width ({self.embed_dim} != {self.image.width})")
         if self.mae_decoder is not None:
             self.mae_decoder.validate("model.mae_decoder")
         return self
@@ -180,12 +186,13 @@ def count_params_closed_form(cfg: ModelConfig) -> int:
 
     im, tx = cfg.image, cfg.text
     n = im.patch_size ** 2 * im.channels * im.width + (im.width if im.patch_bias else 0)
-    n += im.num_patches * im.width if im.posemb == "learn" else 0
+    n += (im.num_patches + im.cls_posemb) * im.width if im.posemb == "learn" else 0
     n += im.width if im.pool == "cls" else 0
     n += 2 * im.width if im.ln_pre else 0
     n += blocks(im) + (2 * im.width if im.ln_post else 0)
     n += map_head(im) if im.pool == "map" else 0
-    n += im.width * cfg.embed_dim + (cfg.embed_dim if im.head_bias else 0)
+    if im.head:
+        n += im.width * cfg.embed_dim + (cfg.embed_dim if im.head_bias else 0)
 
     n += tx.vocab_size * tx.width + tx.context_length * tx.width + blocks(tx) + 2 * tx.width
     n += tx.width * cfg.embed_dim + (cfg.embed_dim if tx.head_bias else 0)

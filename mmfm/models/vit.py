@@ -39,17 +39,19 @@ class VisionTransformer(nn.Module):
         if cfg.posemb == "learn":
             pos = self.param("pos_embedding", nn.with_logical_partitioning(
                 nn.initializers.normal(0.02), (None, sh.SEQ, sh.EMBED)),
-                (1, cfg.num_patches, cfg.width), pdt)
+                (1, cfg.num_patches + cfg.cls_posemb, cfg.width), pdt)
         else:
             pos = layers.sincos_2d(cfg.grid, cfg.width)[None]
-        x_bnd = x_bnd + jnp.asarray(pos, dt)
+        pos = jnp.asarray(pos, dt)
+        x_bnd = x_bnd + pos[:, cfg.cls_posemb:]
         if keep_idx is not None:
             x_bnd = jnp.take_along_axis(x_bnd, keep_idx[..., None].astype(jnp.int32), axis=1)
         n_tokens = x_bnd.shape[1]
         if cfg.pool == "cls":
             cls = self.param("cls", nn.with_logical_partitioning(
                 nn.initializers.zeros_init(), (None, None, sh.EMBED)), (1, 1, cfg.width), pdt)
-            x_bnd = jnp.concatenate([jnp.tile(cls.astype(dt), (x_bnd.shape[0], 1, 1)), x_bnd], axis=1)
+            cls = cls.astype(dt) + (pos[:, :1] if cfg.cls_posemb else 0)
+            x_bnd = jnp.concatenate([jnp.tile(cls, (x_bnd.shape[0], 1, 1)), x_bnd], axis=1)
         if cfg.ln_pre:
             x_bnd = layers.layer_norm(cfg, "ln_pre")(x_bnd)
         x_bnd = layers.Encoder(cfg, name="encoder")(x_bnd, None, train)
@@ -65,7 +67,9 @@ class VisionTransformer(nn.Module):
             pooled = layers.MapHead(cfg, name="map_head")(tokens)
         else:  # 'none': first token, for models that pool outside
             pooled = tokens[:, 0]
-        emb = nn.Dense(self.embed_dim, use_bias=cfg.head_bias, dtype=dt, param_dtype=pdt,
-                       kernel_init=layers.dense_init((sh.EMBED, None)),
-                       bias_init=layers.bias_init((None,)), name="head")(pooled)
+        emb = pooled
+        if cfg.head:
+            emb = nn.Dense(self.embed_dim, use_bias=cfg.head_bias, dtype=dt, param_dtype=pdt,
+                           kernel_init=layers.dense_init((sh.EMBED, None)),
+                           bias_init=layers.bias_init((None,)), name="head")(pooled)
         return emb, {"tokens": tokens, "pooled": pooled}
