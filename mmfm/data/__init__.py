@@ -1,0 +1,28 @@
+"""Data: the built-in captioned-shapes dataset, tokenizers, transforms and the grain pipeline.
+
+Names are imported lazily so `import mmfm.data.tokenizers` does not pull in TFDS and grain.
+"""
+import importlib
+
+_EXPORTS = {
+    "synthetic": ("CaptionedShapes", "CaptionDropper", "COLORS", "COLOR_TEMPLATES",
+                  "DEFAULT_CAPTION_DROP", "SHAPES", "SHAPE_TEMPLATES", "ZEROSHOT",
+                  "compose_caption", "prepare_captioned_shapes", "shapes_config",
+                  "shapes_tokenizer_path"),
+    "tokenizers": ("HFTokenizer", "Tokenizer", "load_tokenizer", "train_tokenizer"),
+    "transforms": ("Compose", "Decode", "RandomFlip", "Resize", "make_image_transform"),
+    "pipeline": ("DATASETS", "DataInfo", "TrainIterator", "TrainLoader", "build_data",
+                 "load_eval_arrays", "make_train_loader"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -1,0 +1,356 @@
+"""The input pipeline: records -> decoded, tokenized, batched numpy arrays (grain).
+
+Dataset-agnostic: a source is any random-access sequence of record dicts (a TFDS
+`data_source`, a list, ...) with an `image` (uint8 array, PIL image or encoded bytes) and a
+`caption` (or `text`) field; scalar integer fields (class labels) are passed through.
+
+    loader = make_train_loader(source, batch_size=64, seed=0, tokenizer=tok, context_length=32,
+                               transform=make_image_transform(64))
+    it = iter(loader)
+    batch = next(it)            # {"image": uint8[b,H,W,3], "tokens": int32[b,L], "shape": ...}
+    state = it.get_state()      # JSON-serialisable; save it with the model checkpoint
+    it.set_state(state)         # continues with exactly the same next batch
+
+Order: shard (equal, disjoint, strided slices) -> shuffle (a fresh permutation every epoch) ->
+repeat -> per-example preprocessing -> batch (drop remainder) -> thread prefetch -> optional
+worker processes. Every random choice is a function of (seed, global example index), so results
+do not depend on threads, workers or restarts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+
+from mmfm.data import synthetic
+from mmfm.data.tokenizers import load_tokenizer
+from mmfm.data.transforms import make_image_transform, to_uint8_rgb
+
+_STATE_VERSION = 1
+TEXT_KEYS = ("caption", "text")
+
+
+def _text_of(record: Mapping[str, Any]) -> str:
+    for key in TEXT_KEYS:
+        if key in record:
+            value = record[key]
+            return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+    raise KeyError(f"record has no text field (looked for {TEXT_KEYS}); keys: {sorted(record)}")
+
+
+def _labels_of(record: Mapping[str, Any], label_keys: Sequence[str] | None) -> dict[str, Any]:
+    """Integer labels: the named keys, or every scalar integer field when `label_keys` is None."""
+    if label_keys is None:
+        return {k: np.int32(v) for k, v in record.items()
+                if (isinstance(v, (int, np.integer)) and not isinstance(v, bool))
+                or (isinstance(v, np.ndarray) and v.ndim == 0 and v.dtype.kind in "iu")}
+    missing = [k for k in label_keys if k not in record]
+    if missing:
+        raise KeyError(f"label keys {missing} not in record; keys: {sorted(record)}")
+    return {k: np.int32(record[k]) for k in label_keys}
+
+
+def example_rngs(seed: int, index: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """(caption rng, image rng) for global example `index`; independent streams."""
+    return (np.random.default_rng([seed, index, 0]), np.random.default_rng([seed, index, 1]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocess:
+    """Picklable per-example map: record -> {image, tokens, labels...}.
+
+    `position` is the example's place in this shard's stream (grain's index); the global example
+    index `position * shard_count + shard_index` seeds the caption and image rngs.
+    """
+    tokenizer: Any
+    context_length: int
+    transform: Callable[..., Any] | None = None
+    caption_fn: Callable[[Mapping[str, Any], np.random.Generator], str] | None = None
+    seed: int = 0
+    shard_index: int = 0
+    shard_count: int = 1
+    label_keys: tuple[str, ...] | None = None
+
+    def __call__(self, position: int, record: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        caption_rng, image_rng = example_rngs(
+            self.seed, position * self.shard_count + self.shard_index)
+        image = record["image"]
+        image = self.transform(image, image_rng) if self.transform else to_uint8_rgb(image)
+        caption = self.caption_fn(record, caption_rng) if self.caption_fn else _text_of(record)
+        out = {"image": image, "tokens": self.tokenizer(caption, self.context_length)[0]}
+        out.update(_labels_of(record, self.label_keys))
+        return out
+
+
+def _check_int(name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+class TrainIterator:
+    """Batches from a `TrainLoader`, with JSON-serialisable `get_state`/`set_state`.
+
+    The state is the number of batches already produced (plus the loader settings it is valid
+    for). Batches are a random-access function of their index, so resuming rebuilds the grain
+    iterator at that index: the state does not depend on threads, worker count or grain's
+    internal state format.
+    """
+
+    def __init__(self, loader: "TrainLoader", next_batch: int = 0):
+        self._loader, self._next, self._it = loader, next_batch, None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self._it is None:  # started lazily, so set_state right after iter() costs nothing
+            self._it = iter(self._loader.iter_dataset(self._next))
+        batch = next(self._it)
+        self._next += 1
+        # Worker processes hand back shared-memory ndarray subclasses; plain copies keep their
+        # lifetime independent of grain (a few MB per batch, negligible next to a train step).
+        return {k: v if type(v) is np.ndarray else np.array(v) for k, v in batch.items()}
+
+    def close(self) -> None:
+        """Stops prefetch threads and worker processes; iterating again restarts them."""
+        if self._it is not None:
+            self._it.close()
+            self._it = None
+            # grain keeps helper iterators in reference cycles; collecting them now, while modules
+            # are alive, avoids a burst of ignored errors from their __del__ at interpreter exit.
+            gc.collect()
+
+    def __enter__(self) -> "TrainIterator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def get_state(self) -> dict[str, Any]:
+        """`{"version", "loader": settings, "next_batch": int}`, all plain JSON types."""
+        return {"version": _STATE_VERSION, "loader": dict(self._loader.fingerprint),
+                "next_batch": self._next}
+
+    def set_state(self, state: Mapping[str, Any], *, strict: bool = True) -> None:
+        """Restores a `get_state()` result (also after a json round trip).
+
+        With `strict`, a state saved under other loader settings (seed, batch size, sharding,
+        dataset size) is an error; `strict=False` logs a warning and continues at the saved batch
+        count, e.g. when resuming on a different number of hosts.
+        """
+        if (not isinstance(state, Mapping) or state.get("version") != _STATE_VERSION
+                or not isinstance(state.get("next_batch"), int) or state["next_batch"] < 0):
+            raise ValueError(f"not a TrainIterator state (version {_STATE_VERSION}): {state!r}")
+        saved, current = dict(state.get("loader", {})), self._loader.fingerprint
+        if saved != current:
+            diff = {k: (saved.get(k), current.get(k)) for k in set(saved) | set(current)
+                    if saved.get(k) != current.get(k)}
+            message = f"iterator state was saved with different loader settings " \
+                      f"(saved, current): {diff}"
+            if strict:
+                raise ValueError(message + "; pass strict=False to continue anyway")
+            logging.warning("%s; continuing at batch %d", message, state["next_batch"])
+        self.close()
+        self._next = state["next_batch"]
+
+
+class TrainLoader:
+    """Infinite (or `num_epochs`) shuffled training batches for one shard (e.g. one host).
+
+    Each shard reads `len(source) // shard_count` examples (a strided slice, so shards are
+    disjoint; up to shard_count-1 examples are dropped so every host gets the same number of
+    batches). `iter(loader)` starts from the beginning; use the iterator's set_state to resume.
+    """
+
+    def __init__(self, source: Any, *, batch_size: int, seed: int, tokenizer: Any,
+                 context_length: int, transform: Callable[..., Any] | None = None,
+                 caption_fn: Callable[..., str] | None = None, shard_index: int = 0,
+                 shard_count: int = 1, worker_count: int = 0, num_epochs: int | None = None,
+                 label_keys: Sequence[str] | None = None, num_threads: int = 2,
+                 prefetch: int = 4):
+        if not hasattr(source, "__len__") or not hasattr(source, "__getitem__"):
+            raise TypeError(f"source must support len() and [i], got {type(source).__name__}")
+        shard_count = _check_int("shard_count", shard_count, 1)
+        shard_index = _check_int("shard_index", shard_index, 0)
+        if shard_index >= shard_count:
+            raise ValueError(f"shard_index={shard_index} must be < shard_count={shard_count}")
+        batch_size = _check_int("batch_size", batch_size, 1)
+        seed = _check_int("seed", seed, 0)
+        if num_epochs is not None:
+            num_epochs = _check_int("num_epochs", num_epochs, 1)
+        self.examples_per_shard = len(source) // shard_count
+        if self.examples_per_shard < batch_size:
+            raise ValueError(f"shard has {self.examples_per_shard} examples ({len(source)} over "
+                             f"{shard_count} shards), fewer than batch_size={batch_size}")
+        self.batch_size, self.batches_per_epoch = batch_size, self.examples_per_shard // batch_size
+        self.fingerprint = {"seed": seed, "batch_size": batch_size, "shard_index": shard_index,
+                            "shard_count": shard_count, "num_examples": len(source),
+                            "num_epochs": num_epochs}
+        preprocess = Preprocess(tokenizer, _check_int("context_length", context_length, 2),
+                                transform, caption_fn, seed, shard_index, shard_count,
+                                None if label_keys is None else tuple(label_keys))
+        ds = grain.MapDataset.source(source)
+        ds = ds[shard_index:self.examples_per_shard * shard_count:shard_count]
+        ds = ds.seed(seed).shuffle().repeat(num_epochs).map_with_index(preprocess)
+        # Batching the random-access dataset makes batch k a pure function of k (see set_state).
+        # With num_epochs, batches never straddle the end: the last partial one is dropped.
+        self.batches = ds.batch(batch_size, drop_remainder=True)
+        self._read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
+        self.worker_count = _check_int("worker_count", worker_count, 0)
+
+    def iter_dataset(self, start: int = 0) -> grain.IterDataset:
+        """The grain pipeline from batch `start` on (threads, then optional worker processes)."""
+        ds = self.batches[start:].to_iter_dataset(self._read)
+        if self.worker_count > 0:
+            _ensure_absl_flags_parsed()
+            ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.worker_count))
+        return ds
+
+    def __iter__(self) -> TrainIterator:
+        return TrainIterator(self)
+
+
+def _ensure_absl_flags_parsed() -> None:
+    # grain's worker processes read absl flags; outside absl.app.run they are unparsed.
+    from absl import flags
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def make_train_loader(source: Any, *, batch_size: int, seed: int, tokenizer: Any,
+                      context_length: int, transform: Callable[..., Any] | None = None,
+                      caption_fn: Callable[..., str] | None = None, shard_index: int = 0,
+                      shard_count: int = 1, worker_count: int = 0,
+                      num_epochs: int | None = None, **kwargs) -> TrainLoader:
+    """Builds a `TrainLoader` (see there); extra kwargs: label_keys, num_threads, prefetch."""
+    return TrainLoader(source, batch_size=batch_size, seed=seed, tokenizer=tokenizer,
+                       context_length=context_length, transform=transform, caption_fn=caption_fn,
+                       shard_index=shard_index, shard_count=shard_count,
+                       worker_count=worker_count, num_epochs=num_epochs, **kwargs)
+
+
+def load_eval_arrays(source: Any, tokenizer: Any, context_length: int,
+                     transform: Callable[..., Any] | None = None, max_examples: int | None = None,
+                     label_keys: Sequence[str] | None = None) -> dict[str, Any]:
+    """A whole (small) eval split in memory, in source order, no randomness.
+
+    Returns {"image": uint8[n,H,W,3], "tokens": int32[n,L], "caption": list[str], labels: int32[n]}.
+    """
+    n = len(source) if max_examples is None else min(len(source), max_examples)
+    if n <= 0:
+        raise ValueError(f"eval source is empty (len {len(source)}, max_examples {max_examples})")
+    images, captions, labels = [], [], []
+    for i in range(n):
+        record = source[i]
+        image = record["image"]
+        images.append(transform(image, None) if transform else to_uint8_rgb(image))
+        captions.append(_text_of(record))
+        labels.append(_labels_of(record, label_keys))
+    out = {"image": np.stack(images), "tokens": tokenizer(captions, context_length),
+           "caption": captions}
+    for key in labels[0]:
+        out[key] = np.array([row[key] for row in labels], dtype=np.int32)
+    return out
+
+
+# ----------------------------------------------------------------------------- config entry
+
+@dataclasses.dataclass(frozen=True)
+class DataInfo:
+    """What the trainer and evaluators need to know about the data."""
+    name: str
+    image_size: int
+    context_length: int
+    vocab_size: int
+    tokenizer_path: str
+    num_train: int
+    num_eval: int
+    examples_per_shard: int
+    batches_per_epoch: int
+    # Zero-shot tasks: label key -> (class names, prompt templates with one "{}").
+    zeroshot: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]]
+
+
+def _config_dict(cfg: Any) -> dict[str, Any]:
+    if hasattr(cfg, "to_dict"):  # ml_collections.ConfigDict
+        return cfg.to_dict()
+    if isinstance(cfg, Mapping):
+        return dict(cfg)
+    raise TypeError(f"data config must be a ConfigDict or a mapping, got {type(cfg).__name__}")
+
+
+def _build_captioned_shapes(cfg: dict[str, Any], *, batch_size: int, seed: int,
+                            shard_index: int, shard_count: int):
+    valid = {"name", "dir", "image_size", "num_train", "num_test", "seed", "context_length",
+             "caption_drop", "worker_count", "num_threads"}
+    unknown = set(cfg) - valid
+    if unknown:
+        raise ValueError(f"unknown captioned_shapes data config keys {sorted(unknown)}; "
+                         f"valid: {sorted(valid)}")
+    if not cfg.get("dir"):
+        raise ValueError("data config needs `dir` (where datasets are built and stored)")
+    shapes = {k: cfg[k] for k in ("image_size", "num_train", "num_test", "seed") if k in cfg}
+    builder = synthetic.prepare_captioned_shapes(cfg["dir"], **shapes)
+    image_size = builder.builder_config.image_size
+    tokenizer_path = synthetic.shapes_tokenizer_path(cfg["dir"], **shapes)
+    tokenizer = load_tokenizer(tokenizer_path)
+    context_length = cfg.get("context_length", 32)
+    drops = {k: float(v) for k, v in (cfg.get("caption_drop") or {}).items()}
+    transform = make_image_transform(image_size)  # no flip: captions name left/right
+    loader = make_train_loader(
+        builder.as_data_source(split="train"), batch_size=batch_size, seed=seed,
+        tokenizer=tokenizer, context_length=context_length, transform=transform,
+        caption_fn=synthetic.CaptionDropper(drops) if any(drops.values()) else None,
+        shard_index=shard_index, shard_count=shard_count,
+        worker_count=cfg.get("worker_count", 0), num_threads=cfg.get("num_threads", 2))
+    test = builder.as_data_source(split="test")
+
+    def eval_arrays_fn(split: str = "test", max_examples: int | None = None) -> dict[str, Any]:
+        if split not in ("train", "test"):
+            raise ValueError(f"captioned_shapes has splits 'train' and 'test', not {split!r}")
+        source = test if split == "test" else builder.as_data_source(split="train")
+        return load_eval_arrays(source, tokenizer, context_length, transform, max_examples)
+
+    info = DataInfo(
+        name="captioned_shapes", image_size=image_size, context_length=context_length,
+        vocab_size=tokenizer.vocab_size, tokenizer_path=tokenizer_path,
+        num_train=builder.builder_config.num_train, num_eval=len(test),
+        examples_per_shard=loader.examples_per_shard,
+        batches_per_epoch=loader.batches_per_epoch, zeroshot=dict(synthetic.ZEROSHOT))
+    return loader, eval_arrays_fn, tokenizer, info
+
+
+# name -> fn(cfg dict, *, batch_size, seed, shard_index, shard_count)
+#         -> (train_loader, eval_arrays_fn, tokenizer, info)
+DATASETS: dict[str, Callable[..., tuple]] = {"captioned_shapes": _build_captioned_shapes}
+
+
+def build_data(data_cfg: Any, *, batch_size: int, seed: int, shard_index: int = 0,
+               shard_count: int = 1) -> tuple[TrainLoader, Callable[..., dict], Any, DataInfo]:
+    """Config-level entry: prepares the dataset if missing and returns the pieces to train on.
+
+    Args:
+      data_cfg: ConfigDict (or mapping) with `name`, `dir` and the dataset's own fields (for
+        captioned_shapes: image_size, num_train, num_test, seed (of the data), context_length,
+        caption_drop (attribute -> prob; empty = full captions), worker_count).
+      batch_size: per-shard (per-host) batch size.
+      seed: shuffling/augmentation seed (distinct from the dataset's generation seed).
+      shard_index, shard_count: this host's shard, e.g. jax.process_index()/process_count().
+
+    Returns:
+      (train_loader, eval_arrays_fn, tokenizer, info). `eval_arrays_fn(split="test",
+      max_examples=None)` loads a split in source order with full captions (see
+      `load_eval_arrays`); split="train" serves linear-probe training data.
+    """
+    cfg = _config_dict(data_cfg)
+    name = cfg.get("name")
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; available: {sorted(DATASETS)}")
+    return DATASETS[name](cfg, batch_size=batch_size, seed=seed, shard_index=shard_index,
+                          shard_count=shard_count)

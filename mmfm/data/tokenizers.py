@@ -1,0 +1,239 @@
+"""Text tokenizers with one call contract for the pipeline and the model.
+
+    tok(texts, context_length) -> int32 [n, context_length]
+
+Every row is laid out as `[BOS] pieces... [EOT] [PAD]...` with PAD id 0; when a text is too long
+its pieces are cut so EOT is still the last real token (text towers pool at EOT). `mask_id` is a
+dedicated id for masked language modelling that encoding text never produces.
+
+Two implementations: `Tokenizer` (a SentencePiece model, trained here with `train_tokenizer`) and
+`HFTokenizer` (a Hugging Face `tokenizer.json`). Both pickle, so grain worker processes can use
+them. `load_tokenizer(path)` picks the right one from the file name.
+"""
+from __future__ import annotations
+
+import io
+import itertools
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import sentencepiece as spm
+import tokenizers as hf
+
+# Fixed SentencePiece ids for trained models: PAD must be 0 (the padding value), the rest follow.
+PAD_ID, UNK_ID, BOS_ID, EOT_ID = 0, 1, 2, 3
+MASK_PIECE = "<mask>"
+
+
+def _as_list(texts: str | Sequence[str]) -> list[str]:
+    if isinstance(texts, str):
+        return [texts]
+    texts = list(texts)
+    for t in texts:
+        if not isinstance(t, str):
+            raise TypeError(f"tokenizer expects str or a sequence of str, got item {t!r}")
+    return texts
+
+
+def _layout(pieces: list[list[int]], context_length: int, bos_id: int | None, eot_id: int,
+            pad_id: int) -> np.ndarray:
+    """Packs piece ids into `[BOS] pieces [EOT] [PAD]...` rows, keeping EOT when truncating."""
+    prefix = [] if bos_id is None else [bos_id]
+    room = context_length - len(prefix) - 1
+    if room < 0:
+        raise ValueError(f"context_length={context_length} leaves no room for BOS/EOT")
+    out = np.full((len(pieces), context_length), pad_id, dtype=np.int32)
+    for row, ids in enumerate(pieces):
+        ids = prefix + list(ids[:room]) + [eot_id]
+        out[row, :len(ids)] = ids
+    return out
+
+
+class Tokenizer:
+    """A SentencePiece model with the mmfm layout.
+
+    Args:
+      model_path: a `.model` file written by SentencePiece (e.g. by `train_tokenizer`).
+      lowercase: lowercase texts before encoding (models from `train_tokenizer` already case-fold
+        in their normaliser, so this is only needed for foreign models).
+      mask_piece: the control piece used as `mask_id`; if the model lacks it, a new id just past
+        the vocabulary is used (and `vocab_size` grows by one) so it never collides with text.
+    """
+
+    def __init__(self, model_path: str, *, lowercase: bool = False, mask_piece: str = MASK_PIECE):
+        if not os.path.isfile(model_path):
+            raise FileNotFoundError(f"SentencePiece model not found: {model_path}")
+        with open(model_path, "rb") as f:
+            self._init(f.read(), lowercase, mask_piece)
+        self.path = os.fspath(model_path)
+
+    def _init(self, proto: bytes, lowercase: bool, mask_piece: str) -> None:
+        self._proto, self.lowercase, self._mask_piece = proto, lowercase, mask_piece
+        self._sp = spm.SentencePieceProcessor()
+        self._sp.load_from_serialized_proto(proto)
+        if self._sp.pad_id() < 0 or self._sp.eos_id() < 0:
+            raise ValueError("SentencePiece model needs pad and eos pieces "
+                             "(train with pad_id/eos_id set)")
+        self.pad_id = self._sp.pad_id()
+        self.bos_id = self._sp.bos_id() if self._sp.bos_id() >= 0 else None
+        self.eot_id = self._sp.eos_id()
+        self.unk_id = self._sp.unk_id()
+        mask = self._sp.piece_to_id(mask_piece)
+        known = mask != self.unk_id and self._sp.is_control(mask)
+        self.mask_id = mask if known else self._sp.get_piece_size()
+        self.vocab_size = self._sp.get_piece_size() + (0 if known else 1)
+        self.special_ids = tuple(i for i in (self.pad_id, self.bos_id, self.eot_id, self.mask_id,
+                                             self.unk_id) if i is not None)
+
+    def encode(self, text: str) -> list[int]:
+        """Piece ids of one text, without BOS/EOT."""
+        return self._sp.encode(text.lower() if self.lowercase else text)
+
+    def __call__(self, texts: str | Sequence[str], context_length: int) -> np.ndarray:
+        """Tokenizes to int32 [n, context_length] rows `[BOS] pieces [EOT] [PAD]...`."""
+        pieces = [self.encode(t) for t in _as_list(texts)]
+        return _layout(pieces, context_length, self.bos_id, self.eot_id, self.pad_id)
+
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+        """Text of one row of ids; special ids (and anything after EOT) are ignored."""
+        ids = [int(i) for i in np.asarray(ids).reshape(-1)]
+        if self.eot_id in ids:
+            ids = ids[:ids.index(self.eot_id)]
+        return self._sp.decode([i for i in ids if i not in self.special_ids])
+
+    def __getstate__(self):
+        return {"proto": self._proto, "lowercase": self.lowercase,
+                "mask_piece": self._mask_piece, "path": self.path}
+
+    def __setstate__(self, state):
+        self._init(state["proto"], state["lowercase"], state["mask_piece"])
+        self.path = state["path"]
+
+    def __repr__(self) -> str:
+        return f"Tokenizer({self.path!r}, vocab_size={self.vocab_size})"
+
+
+def train_tokenizer(texts: Iterable[str], path: str, *, vocab_size: int = 256,
+                    lowercase: bool = True, model_type: str = "bpe") -> Tokenizer:
+    """Trains a SentencePiece model on `texts` and saves it (one `.model` file) at `path`.
+
+    `vocab_size` is an upper bound (hard_vocab_limit off) so tiny corpora work. Ids: pad 0, unk 1,
+    bos 2, eot 3, mask 4 (a control piece: never produced from text). With `lowercase` the model's
+    normaliser case-folds, so the saved file alone reproduces the behaviour.
+    """
+    def sentences():
+        for text in texts:
+            if not isinstance(text, str):
+                raise TypeError(f"train_tokenizer expects str texts, got {text!r}")
+            if text.strip():
+                yield text
+
+    # SentencePiece fails with an opaque internal error on an empty corpus: check first.
+    stream = sentences()
+    first = next(stream, None)
+    if first is None:
+        raise ValueError("train_tokenizer got no non-empty texts")
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=itertools.chain([first], stream), model_writer=model,
+        vocab_size=vocab_size, model_type=model_type, hard_vocab_limit=False,
+        character_coverage=1.0, pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOT_ID,
+        control_symbols=[MASK_PIECE], input_sentence_size=1_000_000,
+        normalization_rule_name="nmt_nfkc_cf" if lowercase else "nmt_nfkc",
+        minloglevel=2, num_threads=1)
+    # Write then rename, so a reader (or a concurrent prepare) never sees half a file.
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        f.write(model.getvalue())
+    os.replace(tmp, path)
+    return Tokenizer(path)
+
+
+class HFTokenizer:
+    """A Hugging Face `tokenizer.json` behind the same contract (basic support).
+
+    Rows are `[BOS] pieces [EOT] [PAD]...` with the tokenizer's own special ids, found by their
+    usual names (`<|startoftext|>`/`<s>`/`[CLS]`, `<|endoftext|>`/`</s>`/`[SEP]`, `<pad>`/`[PAD]`,
+    `<mask>`/`[MASK]`) or given as arguments; without a BOS token rows start with the pieces
+    (SigLIP-style). Pad id: argument, else the file's padding config, else `<pad>`, else 0.
+    """
+
+    _BOS = ("<|startoftext|>", "<s>", "[CLS]", "<bos>")
+    _EOT = ("<|endoftext|>", "</s>", "[SEP]", "<eos>")
+    _PAD = ("<pad>", "[PAD]", "<|pad|>")
+    _MASK = ("<mask>", "[MASK]")
+
+    def __init__(self, path: str, *, pad_id: int | None = None, bos_id: int | None = None,
+                 eot_id: int | None = None, mask_id: int | None = None, lowercase: bool = False):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"Hugging Face tokenizer file not found: {path}")
+        self.path, self.lowercase = os.fspath(path), lowercase
+        self._tok = hf.Tokenizer.from_file(self.path)
+        self._tok.no_padding()
+        self._tok.no_truncation()
+        padding = self._tok.padding
+        self.pad_id = pad_id if pad_id is not None else (
+            padding["pad_id"] if padding else self._find(self._PAD, default=0))
+        self.bos_id = bos_id if bos_id is not None else self._find(self._BOS)
+        self.eot_id = eot_id if eot_id is not None else self._find(self._EOT)
+        if self.eot_id is None:
+            raise ValueError(f"{path}: no end-of-text token found; pass eot_id=")
+        self.mask_id = mask_id if mask_id is not None else self._find(self._MASK)
+        self.unk_id = None
+        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+        self.special_ids = tuple(sorted({i for i in (self.pad_id, self.bos_id, self.eot_id,
+                                                     self.mask_id) if i is not None}))
+
+    def _find(self, names, default=None):
+        for name in names:
+            i = self._tok.token_to_id(name)
+            if i is not None:
+                return i
+        return default
+
+    def encode(self, text: str) -> list[int]:
+        """Piece ids of one text, without the tokenizer's BOS/EOT."""
+        ids = self._tok.encode(text.lower() if self.lowercase else text).ids
+        if ids and self.bos_id is not None and ids[0] == self.bos_id:
+            ids = ids[1:]
+        if ids and ids[-1] == self.eot_id:
+            ids = ids[:-1]
+        return ids
+
+    def __call__(self, texts: str | Sequence[str], context_length: int) -> np.ndarray:
+        pieces = [self.encode(t) for t in _as_list(texts)]
+        return _layout(pieces, context_length, self.bos_id, self.eot_id, self.pad_id)
+
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+        ids = [int(i) for i in np.asarray(ids).reshape(-1)]
+        if self.eot_id in ids:
+            ids = ids[:ids.index(self.eot_id)]
+        return self._tok.decode([i for i in ids if i not in self.special_ids])
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_tok"] = self._tok.to_str()
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        state["_tok"] = hf.Tokenizer.from_str(state["_tok"])
+        self.__dict__.update(state)
+
+    def __repr__(self) -> str:
+        return f"HFTokenizer({self.path!r}, vocab_size={self.vocab_size})"
+
+
+def load_tokenizer(path: str, **kwargs) -> Tokenizer | HFTokenizer:
+    """Loads a SentencePiece `.model` or a Hugging Face `.json` tokenizer file."""
+    path = os.fspath(path)
+    if path.endswith(".json"):
+        return HFTokenizer(path, **kwargs)
+    if path.endswith(".model"):
+        return Tokenizer(path, **kwargs)
+    raise ValueError(f"unknown tokenizer file type {path!r}: expected a SentencePiece '.model' or "
+                     f"a Hugging Face 'tokenizer.json'")
