@@ -10,7 +10,7 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.data = dict(name="captioned_shapes", dir="data", image_size=64, num_train=20_000,
-                  num_test=1_000, seed=0, context_length=24, caption_drop={}, worker_count=0)
+                  num_test=1_000, seed=0, context_length=32, caption_drop={}, worker_count=0)
     # Image normalisation, travels with the model (exports, zoo tags). CLIP's defaults.
     c.preprocess = dict(mean=(0.48145466, 0.4578275, 0.40821073),
                         std=(0.26862954, 0.26130258, 0.27577711))
@@ -40,7 +40,7 @@ def apply_tiny(c: ml_collections.ConfigDict) -> None:
     c.data.image_size = 32
     c.data.num_train = 256
     c.data.num_test = 64
-    c.data.context_length = 24
+    c.data.context_length = 32
     c.model.image = dict(c.model.image.to_dict(), width=32, depth=1, mlp_dim=64, heads=2,
                          patch_size=8)
     c.model.text = dict(c.model.text.to_dict(), width=32, depth=1, mlp_dim=64, heads=2)

@@ -16,7 +16,7 @@ def get_config(arg: str | None = None):
     config.data.image_size = 64
     config.data.num_train = 20_000
     config.data.num_test = 1_000
-    config.data.context_length = 24
+    config.data.context_length = 32
     config.data.caption_drop = dict(color=0.5, size=0.3, position=0.3, shape=0.1)
 
     config.model.image = dict(width=128, depth=4, mlp_dim=512, heads=4, patch_size=16, pool="cls")

@@ -1,0 +1,83 @@
+"""Every size in the table builds abstractly; parameter counts equal the closed form."""
+import dataclasses
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from mmfm.models.config import (SIZES, DecoderConfig, ModelConfig, count_params_closed_form,
+                                model_config_from_dict, model_config_to_dict, text_config,
+                                vit_config)
+from mmfm.models.multimodal import TwoTower, init_params
+
+
+def abstract_params(cfg: ModelConfig):
+    return jax.eval_shape(lambda r: nn.meta.unbox(init_params(TwoTower(cfg), r)), jax.random.PRNGKey(0))
+
+
+def n_params(tree) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize("variant", [f"{s}/16" for s in SIZES] + ["B/14", "B/32", "L/14"])
+def test_every_size_builds_with_closed_form_count(variant):
+    size = variant.split("/")[0]
+    cfg = ModelConfig(image=vit_config(variant, image_size=224),
+                      text=text_config(size, vocab_size=1000, context_length=16), embed_dim=256).validate()
+    assert n_params(abstract_params(cfg)) == count_params_closed_form(cfg)
+
+
+@pytest.mark.parametrize("variant", [
+    dict(pool="map", posemb="sincos2d"),
+    dict(pool="mean", patch_bias=False, ln_pre=True),
+    dict(pool="cls", cls_posemb=True, head_bias=False),
+    dict(pool="none", ln_post=False, scan=True),
+])
+def test_options_change_count_as_the_closed_form_says(variant):
+    cfg = ModelConfig(image=vit_config("mu/8", image_size=32, **variant),
+                      text=text_config("mu", mlm_head=True, causal=False, pool="mean"),
+                      embed_dim=16, init_bias=-10.0, mae_decoder=DecoderConfig()).validate()
+    assert n_params(abstract_params(cfg)) == count_params_closed_form(cfg)
+
+
+def test_known_published_counts():
+    """ViT-B/16 ImageNet backbone: 85.8M without head (ViT paper Table 1 says 86M)."""
+    cfg = ModelConfig(image=vit_config("B/16", image_size=224, head=False, cls_posemb=True),
+                      text=text_config("mu"), embed_dim=768).validate()
+    vis = abstract_params(cfg)["img"]
+    # 85,798,656 = timm vit_base_patch16_224 (86,567,656) minus its 1000-class head (769,000).
+    assert n_params(vis) == 85_798_656
+
+
+def test_scan_and_loop_have_equal_counts_and_stacked_layout():
+    base = dict(image=vit_config("mu/8", image_size=32), text=text_config("mu"), embed_dim=16)
+    loop = abstract_params(ModelConfig(**base))
+    scan_cfg = ModelConfig(image=dataclasses.replace(base["image"], scan=True),
+                           text=dataclasses.replace(base["text"], scan=True), embed_dim=16)
+    scan = abstract_params(scan_cfg)
+    assert n_params(loop) == n_params(scan)
+    depth = base["image"].depth
+    assert scan["img"]["encoder"]["blocks"]["attn"]["query_kernel"].shape[0] == depth
+    assert "block_0" in loop["img"]["encoder"]
+
+
+@pytest.mark.parametrize("bad, key", [
+    (dict(image=dict(variant="mu", width=30, heads=4)), "model.image.heads"),
+    (dict(image=dict(variant="mu", image_size=30, patch_size=8)), "model.image.patch_size"),
+    (dict(text=dict(variant="mu", pool="cls")), "model.text.pool"),
+    (dict(image=dict(variant="XL")), "unknown model size"),
+    (dict(image=dict(variant="mu", colour=1)), "model.image: unknown key"),
+    (dict(embed_dim=16, image=dict(variant="mu", head=False)), "model.image.head"),
+])
+def test_bad_configs_name_the_key(bad, key):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        model_config_from_dict(bad)
+
+
+def test_config_dict_round_trip():
+    cfg = model_config_from_dict({"image": {"variant": "S/16", "image_size": 224, "pool": "map"},
+                                  "text": {"variant": "S"}, "embed_dim": 384,
+                                  "mae_decoder": {"width": 64}, "dtype": "bfloat16"})
+    assert cfg.image.width == 384 and cfg.image.dtype == "bfloat16" and cfg.text.dtype == "bfloat16"
+    assert model_config_from_dict(model_config_to_dict(cfg)) == cfg
