@@ -1,0 +1,240 @@
+"""The open_clip-style entry points (`import mmfm`):
+
+    model, params, preprocess_train, preprocess_eval = mmfm.create_model_and_transforms(
+        "ViT-B-16-SigLIP", pretrained="webli")   # or a tag, a local path / URL, an export dir
+    tok = mmfm.get_tokenizer("ViT-B-16-SigLIP")   # or an export dir / tokenizer file
+    img = mmfm.encode_image(model, params, np.stack([preprocess_eval(im) for im in images]))
+    txt = mmfm.encode_text(model, params, ["a photo of a cat"], tokenizer=tok)
+
+`model` is a flax `TwoTower`; `params` a plain dict of jax arrays (placed with the mesh's shardings
+when `mesh` is given). Config changes go through one `overrides` dict (e.g. {"dtype": "bfloat16"}).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mmfm.models.config import ModelConfig
+from mmfm.models.multimodal import TwoTower
+from mmfm.zoo import export as export_lib
+from mmfm.zoo import pretrained as pre_lib
+from mmfm.zoo import registry
+from mmfm.zoo.convert import common
+from mmfm.zoo.registry import ARCHITECTURES, list_models, list_pretrained  # noqa: F401
+from mmfm.zoo.transforms import ImageTransform
+
+__all__ = ["create_model", "create_model_and_transforms", "encode_image", "encode_text",
+           "get_tokenizer", "list_models", "list_pretrained", "load_model_info"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """What a loaded model needs besides params: config, preprocessing, tokenizer, zero-shot data."""
+    config: ModelConfig
+    preprocess: registry.Preprocess
+    tokenizer: registry.TokenizerSpec
+    base_dir: Optional[str] = None  # where the tokenizer file lives
+    zeroshot: dict = dataclasses.field(default_factory=dict)
+
+
+def _is_source(x: str) -> bool:
+    return pre_lib.is_url(x) or os.path.exists(x)
+
+
+def _fetch_tag(tag: registry.PretrainedTag, cache: Optional[str], offline: Optional[bool]) -> str:
+    sub = tag.source.replace("://", "_").replace("/", "_")
+    paths = []
+    for name in tag.files:
+        if tag.url_base is None:
+            url = None
+        else:
+            url = tag.url_base + name
+        cached = os.path.join(pre_lib.cache_dir(cache), sub, name)
+        if url is None and not os.path.isfile(cached):
+            raise FileNotFoundError(f"{tag.arch}/{tag.tag}: {name} ({tag.source}) has no public URL "
+                                    f"mmfm can fetch; download it yourself and place it at {cached}")
+        paths.append(pre_lib.fetch(url or cached, sha256=tag.sha256.get(name), cache=cache,
+                                   offline=offline, subdir=sub))
+    return os.path.dirname(paths[0]) if tag.converter == "hf" else paths[0]
+
+
+def load_model_info(name: str, pretrained: Optional[str] = None, *, overrides: Optional[dict] = None,
+                    sha256: Optional[str] = None, cache_dir: Optional[str] = None,
+                    offline: Optional[bool] = None, converter: Optional[str] = None
+                    ) -> tuple[ModelInfo, Optional[dict]]:
+    """(ModelInfo, canonical flat numpy params or None for a random init)."""
+    arch_cfg, tag = None, None
+    if name in ARCHITECTURES:
+        arch_cfg = registry.get_model_config(name)
+    elif pretrained is None and _is_source(name):
+        pretrained = name
+        name = None
+    else:
+        registry.get_model_config(name)  # raises listing valid names
+    flat, src_info, base_dir = None, {}, None
+    if pretrained is not None:
+        if not _is_source(pretrained):
+            if name is None:
+                raise ValueError(f"pretrained={pretrained!r} is neither a file/URL nor usable without "
+                                 "an architecture name")
+            tag = registry.get_pretrained_tag(name, pretrained)
+            arch_cfg = registry.apply_overrides(arch_cfg, tag.overrides)
+            path, converter = _fetch_tag(tag, cache_dir, offline), tag.converter
+        else:
+            path = pre_lib.fetch(pretrained, sha256=sha256, cache=cache_dir, offline=offline)
+        converter = converter or pre_lib.detect_converter(path)
+        base_dir = path if os.path.isdir(path) else os.path.dirname(path)
+        # Sources with a full config (HF config.json, mmfm exports) define the model; for bare
+        # state dicts the architecture fixes what shapes cannot tell (heads, activation).
+        use_arch = arch_cfg if converter in ("openclip", "big_vision") else None
+        src_cfg, flat, src_info = pre_lib.convert_source(path, converter, use_arch)
+        if arch_cfg is not None:
+            common.check_params(flat, arch_cfg, name)
+        cfg = src_cfg
+    else:
+        cfg = arch_cfg
+    cfg = registry.apply_overrides(cfg, overrides)
+    if tag is not None:
+        info = ModelInfo(cfg, tag.preprocess, tag.tokenizer, base_dir)
+    elif "preprocess" in src_info:  # an mmfm export
+        info = ModelInfo(cfg, src_info["preprocess"], src_info["tokenizer"], src_info["dir"],
+                         src_info.get("zeroshot", {}))
+    else:
+        info = ModelInfo(cfg, export_lib.default_preprocess(cfg), export_lib.default_tokenizer(cfg),
+                         base_dir)
+    return info, flat
+
+
+def _place(model: TwoTower, flat: Optional[dict], mesh, rules, seed: int):
+    import flax.linen as nn
+
+    from mmfm import sharding as sh
+    from mmfm.models.multimodal import init_params
+    from mmfm.train.state import param_shardings
+
+    shardings = None
+    if mesh is not None:
+        shardings = param_shardings(model, mesh, tuple(rules or sh.DEFAULT_RULES))
+    if flat is None:
+        init = jax.jit(lambda r: nn.meta.unbox(init_params(model, r)), out_shardings=shardings)
+        return init(jax.random.PRNGKey(seed))
+    cfg = model.cfg
+    tree = common.unflatten(common.to_model_layout(flat, cfg))
+    dtypes = {"img": cfg.image.param_dtype, "txt": cfg.text.param_dtype}
+    tree = {k: jax.tree.map(lambda a, d=dtypes.get(k, "float32"): np.asarray(a, dtype=jnp.dtype(d)), v)
+            for k, v in tree.items()}
+    return jax.device_put(tree, shardings) if shardings is not None else jax.device_put(tree)
+
+
+def create_model(name: str, pretrained: Optional[str] = None, *, mesh=None,
+                 overrides: Optional[dict] = None, sha256: Optional[str] = None,
+                 cache_dir: Optional[str] = None, offline: Optional[bool] = None, seed: int = 0,
+                 rules=None) -> tuple[TwoTower, dict]:
+    """(model, params): architecture `name` (or a source path as `name`), randomly initialised or
+    loaded from `pretrained` (a registry tag, a local file/dir, or a URL)."""
+    model, params, _ = _create(name, pretrained, mesh=mesh, overrides=overrides, sha256=sha256,
+                               cache_dir=cache_dir, offline=offline, seed=seed, rules=rules)
+    return model, params
+
+
+def _create(name, pretrained, *, mesh, overrides, sha256, cache_dir, offline, seed, rules):
+    info, flat = load_model_info(name, pretrained, overrides=overrides, sha256=sha256,
+                                 cache_dir=cache_dir, offline=offline)
+    model = TwoTower(info.config)
+    params = _place(model, flat, mesh, rules, seed)
+    _INFO[id(model)] = info
+    return model, params, info
+
+
+_INFO: dict[int, ModelInfo] = {}
+
+
+def model_info(model: TwoTower) -> ModelInfo:
+    """The ModelInfo of a model made by create_model (preprocess, tokenizer spec, zero-shot data)."""
+    if id(model) not in _INFO:
+        raise KeyError("model was not created by mmfm.create_model")
+    return _INFO[id(model)]
+
+
+def create_model_and_transforms(name: str, pretrained: Optional[str] = None, **kwargs):
+    """(model, params, preprocess_train, preprocess_eval); the transforms map one image to a
+    normalised float32 [S, S, 3] array with the weights' own mean/std/size/interpolation."""
+    keys = ("mesh", "overrides", "sha256", "cache_dir", "offline", "seed", "rules")
+    bad = sorted(set(kwargs) - set(keys))
+    if bad:
+        raise TypeError(f"unknown argument(s) {bad}; valid: {list(keys)}")
+    kw = {k: kwargs.get(k) for k in keys}
+    kw["seed"] = kw["seed"] or 0
+    model, params, info = _create(name, pretrained, **kw)
+    return model, params, ImageTransform(info.preprocess, train=True), ImageTransform(info.preprocess)
+
+
+def make_tokenizer(spec: registry.TokenizerSpec, base_dir: Optional[str] = None):
+    from mmfm.data.tokenizers import load_tokenizer
+    from mmfm.zoo.tokenizers import ClipTokenizer, SiglipTokenizer
+
+    if spec.kind == "clip_bpe":
+        return ClipTokenizer()
+    path = os.path.join(base_dir or "", spec.file or "")
+    if not spec.file or not os.path.isfile(path):
+        raise FileNotFoundError(f"tokenizer file {spec.file!r} not found in {base_dir!r}: SigLIP's "
+                                "SentencePiece model is not shipped with mmfm; pass the spiece.model "
+                                "path to get_tokenizer, or load a converted export directory")
+    if spec.kind == "siglip":
+        return SiglipTokenizer(path, lowercase=spec.lowercase, pad_id=spec.pad_id)
+    if spec.kind in ("sentencepiece", "hf"):
+        return load_tokenizer(path)
+    raise ValueError(f"unknown tokenizer kind {spec.kind!r}; valid: clip_bpe, siglip, sentencepiece, hf")
+
+
+def get_tokenizer(name: str, *, kind: Optional[str] = None):
+    """Tokenizer of an architecture, a created model's export dir, or a tokenizer file.
+
+    A `.model` file is read as SigLIP's SentencePiece model unless kind='sentencepiece'.
+    """
+    if name in ARCHITECTURES:
+        cfg = registry.get_model_config(name)
+        return make_tokenizer(export_lib.default_tokenizer(cfg))
+    if os.path.isdir(name):
+        info, _ = load_model_info(name)
+        return make_tokenizer(info.tokenizer, info.base_dir)
+    if os.path.isfile(name):
+        k = kind or ("hf" if name.endswith(".json") else "siglip")
+        spec = registry.TokenizerSpec(k, os.path.basename(name), pad_id=1 if k == "siglip" else None)
+        return make_tokenizer(spec, os.path.dirname(os.path.abspath(name)))
+    registry.get_model_config(name)  # raises listing valid names
+    raise AssertionError
+
+
+_ENC: dict[Any, Any] = {}
+
+
+def _encoder(model: TwoTower, method: str):
+    key = (id(model), method)
+    if key not in _ENC:
+        _ENC[key] = jax.jit(lambda p, x: model.apply({"params": p}, x, method=getattr(model, method))[0])
+    return _ENC[key]
+
+
+def encode_image(model: TwoTower, params, images) -> jax.Array:
+    """Normalised float images [batch, H, W, 3] (from preprocess_eval) -> L2-normalised [batch, D]."""
+    images = jnp.asarray(images, jnp.float32)
+    if images.ndim != 4 or images.shape[-1] != model.cfg.image.channels:
+        raise ValueError(f"images must be [batch, H, W, {model.cfg.image.channels}], got {images.shape}")
+    return _encoder(model, "encode_image")(params, images)
+
+
+def encode_text(model: TwoTower, params, texts: Sequence[str] | np.ndarray, *, tokenizer=None,
+                context_length: Optional[int] = None) -> jax.Array:
+    """Strings (with `tokenizer`) or int tokens [batch, L] -> L2-normalised [batch, D]."""
+    if isinstance(texts, str) or (isinstance(texts, (list, tuple)) and texts and isinstance(texts[0], str)):
+        if tokenizer is None:
+            raise ValueError("encode_text got strings: pass tokenizer=mmfm.get_tokenizer(...)")
+        texts = tokenizer(list([texts] if isinstance(texts, str) else texts),
+                          context_length or model.cfg.text.context_length)
+    return _encoder(model, "encode_text")(params, jnp.asarray(texts, jnp.int32))

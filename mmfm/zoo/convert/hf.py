@@ -1,0 +1,129 @@
+"""Hugging Face `CLIPModel` / `SiglipModel` (model.safetensors + config.json) -> mmfm params.
+
+CLIP: pre_layrnorm (sic, HF's name), class token + position table covering it, post_layernorm
+(HF applies it to the pooled cls token only; LayerNorm is per token, so mmfm's ln_post on every
+token then cls pooling is the same), `visual_projection` / `text_projection` without bias, text
+pooled at the first `eos_token_id` (or argmax for legacy configs with eos_token_id == 2).
+SigLIP: patch conv with bias, no class token, MAP head with a packed in_proj, no image projection,
+bidirectional text tower pooled at the last position, `text_model.head` with bias, logit bias.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+from mmfm.models.config import ModelConfig, TextConfig, VitConfig
+from mmfm.zoo.convert import common
+
+_ACTS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh",
+         "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh", "relu": "relu"}
+
+
+def _act(name: str, where: str) -> str:
+    if name not in _ACTS:
+        raise ValueError(f"config.json {where}.hidden_act={name!r} is not supported; supported: "
+                         f"{sorted(_ACTS)}")
+    return _ACTS[name]
+
+
+def _tower(c: Mapping[str, Any], where: str) -> dict:
+    try:
+        return dict(width=c["hidden_size"], depth=c["num_hidden_layers"], heads=c["num_attention_heads"],
+                    mlp_dim=c["intermediate_size"], act=_act(c.get("hidden_act", "gelu"), where),
+                    ln_eps=float(c.get("layer_norm_eps", 1e-5)))
+    except KeyError as e:
+        raise ValueError(f"config.json {where} lacks {e}") from None
+
+
+def infer_config(config: Mapping[str, Any]) -> ModelConfig:
+    kind = config.get("model_type")
+    v, t = config.get("vision_config", {}), config.get("text_config", {})
+    if kind == "clip":
+        image = VitConfig(**_tower(v, "vision_config"), image_size=v.get("image_size", 224),
+                          patch_size=v.get("patch_size", 32), pool="cls", patch_bias=False,
+                          ln_pre=True, cls_posemb=True, head_bias=False)
+        eos = int(t.get("eos_token_id", 2))
+        text = TextConfig(**_tower(t, "text_config"), vocab_size=t.get("vocab_size", 49408),
+                          context_length=t.get("max_position_embeddings", 77), causal=True,
+                          pool="argmax" if eos == 2 else "eot", eot_id=eos,
+                          pad_id=int(t.get("pad_token_id", 0) or 0), mask_pad=False, head_bias=False)
+        return ModelConfig(image=image, text=text, embed_dim=config.get("projection_dim", 512)).validate()
+    if kind == "siglip":
+        if not v.get("vision_use_head", True):
+            raise ValueError("config.json vision_config.vision_use_head=false is not supported "
+                             "(mmfm's SigLIP tower pools with the MAP head)")
+        image = VitConfig(**_tower(v, "vision_config"), image_size=v.get("image_size", 224),
+                          patch_size=v.get("patch_size", 16), pool="map", head=False)
+        text = TextConfig(**_tower(t, "text_config"), vocab_size=t.get("vocab_size", 32000),
+                          context_length=t.get("max_position_embeddings", 64), causal=False,
+                          pool="last", mask_pad=False, head_bias=True,
+                          pad_id=int(t.get("pad_token_id", 1) or 0), eot_id=1)
+        proj = t.get("projection_size", text.width)
+        if proj != image.width:
+            raise ValueError(f"config.json text_config.projection_size {proj} != vision hidden_size "
+                             f"{image.width}: mmfm's SigLIP needs them equal")
+        return ModelConfig(image=image, text=text, embed_dim=image.width, init_bias=-10.0).validate()
+    raise ValueError(f"config.json model_type={kind!r}: supported are 'clip' (CLIPModel) and "
+                     "'siglip' (SiglipModel)")
+
+
+def _layers(src: common.Source, out: common.Flat, sprefix: str, dprefix: str, depth: int,
+            heads: int) -> None:
+    for i in range(depth):
+        s, d = f"{sprefix}.{i}", f"{dprefix}/block_{i}"
+        for a, b in (("layer_norm1", "ln1"), ("layer_norm2", "ln2")):
+            out[f"{d}/{b}/scale"] = src[f"{s}.{a}.weight"]
+            out[f"{d}/{b}/bias"] = src[f"{s}.{a}.bias"]
+        w = {n: src[f"{s}.self_attn.{n}_proj.weight"] for n in ("q", "k", "v", "out")}
+        b = {n: src[f"{s}.self_attn.{n}_proj.bias"] for n in ("q", "k", "v", "out")}
+        common.torch_attention(out, f"{d}/attn", heads, q=w["q"], k=w["k"], v=w["v"], o=w["out"],
+                               bq=b["q"], bk=b["k"], bv=b["v"], bo=b["out"])
+        for n in ("fc1", "fc2"):
+            out[f"{d}/mlp/{n}/kernel"] = common.linear(src[f"{s}.mlp.{n}.weight"])
+            out[f"{d}/mlp/{n}/bias"] = src[f"{s}.mlp.{n}.bias"]
+
+
+def _ln(src, out, s: str, d: str) -> None:
+    out[f"{d}/scale"] = src[f"{s}.weight"]
+    out[f"{d}/bias"] = src[f"{s}.bias"]
+
+
+def convert(sd: Mapping[str, np.ndarray], config: Mapping[str, Any],
+            cfg: Optional[ModelConfig] = None) -> tuple[ModelConfig, common.Flat]:
+    """(config, canonical flat mmfm params) from HF tensors and the parsed config.json."""
+    cfg = cfg or infer_config(config)
+    src = common.Source(sd, f"Hugging Face {config.get('model_type')} safetensors")
+    out: common.Flat = {}
+    v, t = "vision_model", "text_model"
+    out["img/embedding/kernel"] = common.conv_kernel(src[f"{v}.embeddings.patch_embedding.weight"])
+    out["img/pos_embedding"] = src[f"{v}.embeddings.position_embedding.weight"][None]
+    _layers(src, out, f"{v}.encoder.layers", "img/encoder", cfg.image.depth, cfg.image.heads)
+    _ln(src, out, f"{v}.post_layernorm", "img/ln_post")
+    out["txt/embedding/embedding"] = src[f"{t}.embeddings.token_embedding.weight"]
+    out["txt/pos_embedding"] = src[f"{t}.embeddings.position_embedding.weight"][None]
+    _layers(src, out, f"{t}.encoder.layers", "txt/encoder", cfg.text.depth, cfg.text.heads)
+    _ln(src, out, f"{t}.final_layer_norm", "txt/ln_final")
+    out["t"] = src["logit_scale"].reshape(1)
+    if config.get("model_type") == "clip":
+        out["img/cls"] = src[f"{v}.embeddings.class_embedding"].reshape(1, 1, -1)
+        _ln(src, out, f"{v}.pre_layrnorm", "img/ln_pre")
+        out["img/head/kernel"] = common.linear(src["visual_projection.weight"])
+        out["txt/head/kernel"] = common.linear(src["text_projection.weight"])
+    else:
+        out["img/embedding/bias"] = src[f"{v}.embeddings.patch_embedding.bias"]
+        h = f"{v}.head"
+        out["img/map_head/probe"] = src[f"{h}.probe"]
+        qkv = common.split_in_proj(src[f"{h}.attention.in_proj_weight"], src[f"{h}.attention.in_proj_bias"])
+        common.torch_attention(out, "img/map_head/attn", cfg.image.heads,
+                               o=src[f"{h}.attention.out_proj.weight"],
+                               bo=src[f"{h}.attention.out_proj.bias"], **qkv)
+        _ln(src, out, f"{h}.layernorm", "img/map_head/ln")
+        for n in ("fc1", "fc2"):
+            out[f"img/map_head/mlp/{n}/kernel"] = common.linear(src[f"{h}.mlp.{n}.weight"])
+            out[f"img/map_head/mlp/{n}/bias"] = src[f"{h}.mlp.{n}.bias"]
+        out["txt/head/kernel"] = common.linear(src[f"{t}.head.weight"])
+        out["txt/head/bias"] = src[f"{t}.head.bias"]
+        out["b"] = src["logit_bias"].reshape(1)
+    src.check_all_used(ignore=("text_model.embeddings.position_ids", "vision_model.embeddings.position_ids"))
+    return cfg, out

@@ -1,0 +1,247 @@
+"""Weight files: fetch (local path or URL) with sha256 verification, a cache and an offline mode;
+read safetensors / npz only (pickle files are refused); detect the source format and convert.
+
+Environment: `MMFM_CACHE_DIR` (default ~/.cache/mmfm), `MMFM_OFFLINE=1` (never download).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import struct
+import urllib.parse
+import urllib.request
+import zipfile
+from typing import Optional
+
+import numpy as np
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+HOW_TO_CONVERT = (
+    "mmfm never unpickles weights (a pickle can run arbitrary code). Convert it once, where torch "
+    "is installed:\n  python -c \"import torch, safetensors.torch as st; "
+    "sd = torch.load('{path}', map_location='cpu', weights_only=True); "
+    "sd = sd.get('state_dict', sd); "
+    "st.save_file({{k: v.contiguous() for k, v in sd.items()}}, '{stem}.safetensors')\"\n"
+    "then pass the .safetensors file (and for Hugging Face models keep config.json beside it).")
+
+
+class WeightsError(ValueError):
+    """A weights file that cannot be used (wrong hash, truncated, pickle, unknown layout)."""
+
+
+def cache_dir(override: Optional[str] = None) -> str:
+    return os.path.abspath(os.path.expanduser(
+        override or os.environ.get("MMFM_CACHE_DIR") or os.path.join("~", ".cache", "mmfm")))
+
+
+def is_offline(override: Optional[bool] = None) -> bool:
+    if override is not None:
+        return override
+    return os.environ.get("MMFM_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
+def sha256_file(path: str, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_sha256(path: str, expected: Optional[str]) -> None:
+    if not expected:
+        return
+    actual = sha256_file(path)
+    if actual.lower() != expected.lower():
+        raise WeightsError(f"sha256 mismatch for {path}: expected {expected.lower()}, got {actual}. "
+                           "The file is corrupt, truncated or a different release; delete it and fetch again.")
+
+
+def refuse_pickle(path: str) -> None:
+    """Raises for pickle-based files (by suffix, or a pickle protocol header)."""
+    stem, suffix = os.path.splitext(path)
+    is_pickle = suffix.lower() in PICKLE_SUFFIXES
+    if not is_pickle and os.path.isfile(path) and suffix.lower() not in (".npz", ".safetensors"):
+        with open(path, "rb") as f:
+            head = f.read(2)
+        is_pickle = len(head) == 2 and head[0] == 0x80 and head[1] <= 5
+    if is_pickle:
+        raise WeightsError(f"refusing pickle-based weights file {path}. "
+                           + HOW_TO_CONVERT.format(path=path, stem=stem))
+
+
+def is_url(src: str) -> bool:
+    return urllib.parse.urlparse(str(src)).scheme in ("http", "https", "file")
+
+
+def fetch(src: str, *, sha256: Optional[str] = None, cache: Optional[str] = None,
+          offline: Optional[bool] = None, subdir: Optional[str] = None) -> str:
+    """Local path of `src` (a path or an http(s)/file URL), downloaded into the cache if needed.
+
+    The sha256, when given, is verified for local files, cached files and fresh downloads; a bad
+    download is deleted. Offline, a URL must already be cached.
+    """
+    src = os.fspath(src)
+    if not is_url(src):
+        if not os.path.exists(src):
+            raise FileNotFoundError(f"weights not found: {src}")
+        refuse_pickle(src)
+        if os.path.isfile(src):
+            verify_sha256(src, sha256)
+        return src
+    name = os.path.basename(urllib.parse.urlparse(src).path) or "download"
+    refuse_pickle(name)
+    sub = subdir or hashlib.sha256(src.encode()).hexdigest()[:16]
+    dest = os.path.join(cache_dir(cache), sub, name)
+    if os.path.isfile(dest):
+        verify_sha256(dest, sha256)
+        return dest
+    if is_offline(offline):
+        raise FileNotFoundError(f"offline mode (MMFM_OFFLINE): {src} is not in the cache; put the "
+                                f"file at {dest} or unset MMFM_OFFLINE")
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    part = dest + ".part"
+    try:
+        with urllib.request.urlopen(src, timeout=60) as r, open(part, "wb") as f:
+            shutil.copyfileobj(r, f, 1 << 20)
+        verify_sha256(part, sha256)
+    except BaseException:
+        if os.path.exists(part):
+            os.remove(part)
+        raise
+    os.replace(part, dest)  # only a complete, verified file ever appears under its real name
+    return dest
+
+
+def _check_safetensors_size(path: str) -> dict:
+    """Reads the header and checks the file holds every byte it declares (truncation)."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise WeightsError(f"{path}: truncated or not a safetensors file ({size} bytes)")
+        (n,) = struct.unpack("<Q", raw)
+        if n > size - 8:
+            raise WeightsError(f"{path}: truncated or not a safetensors file (header claims {n} "
+                               f"bytes, file has {size})")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError as e:
+            raise WeightsError(f"{path}: corrupt safetensors header ({e})") from None
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end > size:
+        raise WeightsError(f"{path}: truncated safetensors file: expected {8 + n + end} bytes, "
+                           f"found {size}")
+    return header
+
+
+def read_safetensors(path: str) -> dict[str, np.ndarray]:
+    refuse_pickle(path)
+    _check_safetensors_size(path)
+    from safetensors import safe_open
+
+    out = {}
+    try:
+        with safe_open(path, framework="numpy") as f:
+            for k in f.keys():
+                out[k] = f.get_tensor(k)
+    except (TypeError, ValueError):  # e.g. bfloat16, which plain numpy lacks: go through jax
+        with safe_open(path, framework="flax") as f:
+            out = {k: np.asarray(f.get_tensor(k)) for k in f.keys()}
+    return out
+
+
+def read_npz(path: str) -> dict[str, np.ndarray]:
+    refuse_pickle(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, EOFError, OSError, zipfile.LargeZipFile) as e:
+        raise WeightsError(f"{path}: truncated or corrupt npz file ({type(e).__name__}: {e})") from None
+    except ValueError as e:
+        if "pickle" in str(e):
+            raise WeightsError(f"{path}: the npz holds pickled objects, which mmfm refuses") from None
+        raise WeightsError(f"{path}: corrupt npz file ({e})") from None
+
+
+def read_weights(path: str) -> dict[str, np.ndarray]:
+    """Tensors of a .safetensors or .npz file."""
+    refuse_pickle(path)
+    if path.endswith(".safetensors"):
+        return read_safetensors(path)
+    if path.endswith(".npz"):
+        return read_npz(path)
+    raise WeightsError(f"{path}: unknown weights format; mmfm reads .safetensors and .npz only")
+
+
+def detect_converter(path: str) -> str:
+    """'mmfm' | 'hf' | 'openclip' | 'big_vision' for a file or directory."""
+    if os.path.isdir(path):
+        cfg_path = os.path.join(path, "config.json")
+        if os.path.isfile(cfg_path):
+            with open(cfg_path) as f:
+                cfg = json.load(f)
+            if cfg.get("format") == "mmfm-export":
+                return "mmfm"
+            if cfg.get("model_type") in ("clip", "siglip"):
+                return "hf"
+        names = os.listdir(path)
+        for n in names:
+            if n.endswith(PICKLE_SUFFIXES):
+                refuse_pickle(os.path.join(path, n))
+        if any(n.endswith(".npz") for n in names):
+            return "big_vision"
+        if any(n.endswith(".safetensors") for n in names):
+            return "openclip"
+        raise WeightsError(f"{path}: no mmfm export (config.json with format 'mmfm-export'), Hugging "
+                           "Face model (config.json + model.safetensors), .npz or .safetensors found")
+    refuse_pickle(path)
+    if path.endswith(".npz"):
+        return "big_vision"
+    if path.endswith(".safetensors"):
+        return "openclip"
+    raise WeightsError(f"{path}: unknown weights format; mmfm reads .safetensors and .npz only")
+
+
+def _single(path: str, suffix: str) -> str:
+    if os.path.isfile(path):
+        return path
+    found = sorted(n for n in os.listdir(path) if n.endswith(suffix))
+    if len(found) != 1:
+        raise WeightsError(f"{path}: expected one {suffix} file, found {found}")
+    return os.path.join(path, found[0])
+
+
+def convert_source(path: str, converter: Optional[str] = None, cfg=None, **kw):
+    """(ModelConfig, canonical flat params, info) from a source file/dir; info holds what the
+    source says about preprocessing/tokenizer (mmfm exports) or {}."""
+    from mmfm.zoo.convert import big_vision, hf, openclip
+
+    converter = converter or detect_converter(path)
+    if converter == "mmfm":
+        from mmfm.zoo import export
+        return export.load_export(path)
+    if converter == "hf":
+        if not os.path.isdir(path):
+            raise WeightsError(f"{path}: a Hugging Face model is a directory with config.json and "
+                               "model.safetensors")
+        with open(os.path.join(path, "config.json")) as f:
+            config = json.load(f)
+        st = os.path.join(path, "model.safetensors")
+        if not os.path.isfile(st):
+            for n in ("pytorch_model.bin",):
+                if os.path.isfile(os.path.join(path, n)):
+                    refuse_pickle(os.path.join(path, n))
+            raise WeightsError(f"{path}: model.safetensors not found (sharded checkpoints are not "
+                               "supported yet)")
+        model_cfg, flat = hf.convert(read_safetensors(st), config, cfg)
+        return model_cfg, flat, {"hf_config": config}
+    if converter == "openclip":
+        model_cfg, flat = openclip.convert(read_safetensors(_single(path, ".safetensors")), cfg, **kw)
+        return model_cfg, flat, {}
+    if converter == "big_vision":
+        model_cfg, flat = big_vision.convert(read_npz(_single(path, ".npz")), cfg)
+        return model_cfg, flat, {}
+    raise ValueError(f"unknown converter {converter!r}; valid: mmfm, hf, openclip, big_vision")

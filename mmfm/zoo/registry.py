@@ -1,0 +1,228 @@
+"""Architectures (typed configs with open_clip's names) and pretrained tags.
+
+An architecture is a function returning a `ModelConfig`; a pretrained tag (`PretrainedTag`) records
+where a public release lives (source names), how to convert it, and the preprocessing and tokenizer
+that travel with it. `list_models()` / `list_pretrained()` mirror open_clip.
+
+Parameter counts equal open_clip's exactly (asserted by tests/zoo/test_zoo_registry.py):
+ViT-B-32 151,277,313; ViT-B-16 149,620,737; ViT-L-14 427,616,513; ViT-B-16-SigLIP 203,155,970;
+ViT-SO400M-14-SigLIP 877,360,306.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Callable, Optional
+
+from mmfm.models.config import ModelConfig, text_config, vit_config
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+INCEPTION_MEAN = (0.5, 0.5, 0.5)
+INCEPTION_STD = (0.5, 0.5, 0.5)
+
+# PyTorch LayerNorm default; CLIP towers converted from torch use it. SigLIP (JAX-born) uses 1e-6.
+TORCH_LN_EPS = 1e-5
+
+
+def _clip(image_variant: str, text_size: str, embed_dim: int, *, image_size: int = 224,
+          text_heads: Optional[int] = None, act: str = "gelu") -> ModelConfig:
+    """open_clip's native CLIP: cls token, pre-LN, causal text tower pooled at EOT (argmax)."""
+    common = dict(act=act, ln_eps=TORCH_LN_EPS)
+    text_kw = dict(vocab_size=49408, context_length=77, pool="argmax", causal=True, mask_pad=False,
+                   head_bias=False, **common)
+    if text_heads is not None:
+        text_kw["heads"] = text_heads
+    return ModelConfig(
+        image=vit_config(image_variant, image_size=image_size, patch_bias=False, ln_pre=True,
+                         cls_posemb=True, head_bias=False, pool="cls", **common),
+        text=text_config(text_size, **text_kw), embed_dim=embed_dim, init_temperature=0.07)
+
+
+def _siglip(image_variant: str, text_size: str, *, image_size: int = 224, vocab_size: int = 32000,
+            context_length: int = 64) -> ModelConfig:
+    """SigLIP: no cls token, MAP pooling, no image projection, bidirectional text pooled last."""
+    common = dict(act="gelu_tanh", ln_eps=1e-6)
+    image = vit_config(image_variant, image_size=image_size, pool="map", head=False, **common)
+    return ModelConfig(
+        image=image,
+        text=text_config(text_size, vocab_size=vocab_size, context_length=context_length,
+                         causal=False, mask_pad=False, pool="last", head_bias=True, **common),
+        embed_dim=image.width, init_temperature=0.1, init_bias=-10.0)
+
+
+def _mmfm(variant: str, image_size: int = 224) -> ModelConfig:
+    """mmfm's own defaults (as experiments/configs/common.py): eot pooling, 1e-6 LN, GELU."""
+    size = variant.split("/")[0]
+    image = vit_config(variant, image_size=image_size, pool="cls")
+    return ModelConfig(image=image, text=text_config(size, vocab_size=32000, context_length=64,
+                                                     causal=True, pool="eot"),
+                       embed_dim=image.width)
+
+
+ARCHITECTURES: dict[str, Callable[[], ModelConfig]] = {
+    "ViT-B-32": lambda: _clip("B/32", "M", 512, text_heads=8),
+    "ViT-B-32-quickgelu": lambda: _clip("B/32", "M", 512, text_heads=8, act="quick_gelu"),
+    "ViT-B-16": lambda: _clip("B/16", "M", 512, text_heads=8),
+    "ViT-B-16-quickgelu": lambda: _clip("B/16", "M", 512, text_heads=8, act="quick_gelu"),
+    "ViT-L-14": lambda: _clip("L/14", "B", 768),
+    "ViT-L-14-quickgelu": lambda: _clip("L/14", "B", 768, act="quick_gelu"),
+    "ViT-L-14-336": lambda: _clip("L/14", "B", 768, image_size=336),
+    "ViT-B-16-SigLIP": lambda: _siglip("B/16", "B"),
+    "ViT-B-16-SigLIP-256": lambda: _siglip("B/16", "B", image_size=256),
+    "ViT-B-16-SigLIP-384": lambda: _siglip("B/16", "B", image_size=384),
+    "ViT-SO400M-14-SigLIP": lambda: _siglip("So400m/14", "So400m", context_length=16),
+    "ViT-SO400M-14-SigLIP-384": lambda: _siglip("So400m/14", "So400m", image_size=384,
+                                                context_length=64),
+    "mmfm-mu-8": lambda: _mmfm("mu/8", image_size=32),
+    "mmfm-S-16": lambda: _mmfm("S/16"),
+    "mmfm-B-16": lambda: _mmfm("B/16"),
+}
+
+
+def _unknown(kind: str, name: str, valid) -> ValueError:
+    valid = sorted(valid)
+    close = difflib.get_close_matches(name, valid, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return ValueError(f"unknown {kind} {name!r}.{hint} Valid: {', '.join(valid)}")
+
+
+def list_models() -> list[str]:
+    """Registered architecture names (open_clip naming plus mmfm's own sizes)."""
+    return sorted(ARCHITECTURES)
+
+
+def get_model_config(name: str, **overrides) -> ModelConfig:
+    """The `ModelConfig` of architecture `name`; `overrides` replace top-level or tower fields.
+
+    `overrides` keys: ModelConfig fields, or `image.<field>` / `text.<field>`, or tower-shared
+    fields (`dtype`, `param_dtype`, `scan`, `remat`, `attn_impl`, `act`, `ln_eps`) applied to both.
+    """
+    if name not in ARCHITECTURES:
+        raise _unknown("architecture", name, ARCHITECTURES)
+    return apply_overrides(ARCHITECTURES[name](), overrides)
+
+
+_SHARED = ("dtype", "param_dtype", "scan", "remat", "attn_impl", "act", "ln_eps")
+
+
+def apply_overrides(cfg: ModelConfig, overrides: Optional[dict]) -> ModelConfig:
+    """One overrides dict for every config change (no growing set of force_* flags)."""
+    image, text, top = {}, {}, {}
+    for key, value in (overrides or {}).items():
+        if key.startswith("image."):
+            image[key[6:]] = value
+        elif key.startswith("text."):
+            text[key[5:]] = value
+        elif key in _SHARED:
+            image[key] = text[key] = value
+        else:
+            top[key] = value
+    for prefix, kw, obj in (("image", image, cfg.image), ("text", text, cfg.text), ("", top, cfg)):
+        valid = {f.name for f in dataclasses.fields(obj)}
+        bad = sorted(set(kw) - valid)
+        if bad:
+            raise ValueError(f"unknown override key(s) {[f'{prefix}.{b}' if prefix else b for b in bad]}; "
+                             f"valid {prefix or 'top-level'} keys: {sorted(valid)} "
+                             f"(or shared: {list(_SHARED)})")
+    cfg = dataclasses.replace(cfg, image=dataclasses.replace(cfg.image, **image),
+                              text=dataclasses.replace(cfg.text, **text), **top)
+    return cfg.validate()
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocess:
+    """Image preprocessing that travels with weights."""
+    image_size: int = 224
+    mean: tuple[float, float, float] = OPENAI_MEAN
+    std: tuple[float, float, float] = OPENAI_STD
+    interpolation: str = "bicubic"  # bicubic | bilinear | nearest | lanczos
+    resize_mode: str = "shortest"  # shortest: resize short side + centre crop; squash: resize to square
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerSpec:
+    """Which tokenizer a model uses. kind: clip_bpe (shipped), sentencepiece, siglip, hf."""
+    kind: str = "clip_bpe"
+    file: Optional[str] = None  # for sentencepiece / siglip / hf: the file name inside the source
+    context_length: int = 77
+    lowercase: bool = True
+    pad_id: Optional[int] = None  # None: the tokenizer's own
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainedTag:
+    """A known public release: where it lives, how to convert it, how to feed it."""
+    arch: str
+    tag: str
+    converter: str  # openclip | hf | big_vision | mmfm
+    source: str  # the release's public name (hub repo id or bucket path)
+    files: tuple[str, ...]  # file names inside `source` that the converter reads
+    url_base: Optional[str] = None  # URL prefix the files are fetched from when not cached
+    sha256: dict = dataclasses.field(default_factory=dict)  # file -> sha256 (verified when given)
+    preprocess: Preprocess = Preprocess()
+    tokenizer: TokenizerSpec = TokenizerSpec()
+    overrides: dict = dataclasses.field(default_factory=dict)  # config changes (e.g. quick_gelu)
+
+
+_HF = "https://huggingface.co/{}/resolve/main/"
+_CLIP_TOK = TokenizerSpec("clip_bpe", None, 77, True)
+_SIGLIP_PRE = Preprocess(224, INCEPTION_MEAN, INCEPTION_STD, "bicubic", "squash")
+
+
+def _hf_clip(arch: str, tag: str, repo: str, **kw) -> PretrainedTag:
+    return PretrainedTag(arch, tag, "hf", repo, ("model.safetensors", "config.json"),
+                         _HF.format(repo), tokenizer=_CLIP_TOK, **kw)
+
+
+def _openclip(arch: str, tag: str, repo: str, **kw) -> PretrainedTag:
+    return PretrainedTag(arch, tag, "openclip", repo, ("open_clip_model.safetensors",),
+                         _HF.format(repo), tokenizer=_CLIP_TOK, **kw)
+
+
+def _hf_siglip(arch: str, tag: str, repo: str, size: int, ctx: int) -> PretrainedTag:
+    return PretrainedTag(arch, tag, "hf", repo, ("model.safetensors", "config.json", "spiece.model"),
+                         _HF.format(repo), preprocess=dataclasses.replace(_SIGLIP_PRE, image_size=size),
+                         tokenizer=TokenizerSpec("siglip", "spiece.model", ctx, True, pad_id=1))
+
+
+def _bv_siglip(arch: str, tag: str, npz: str, size: int, ctx: int) -> PretrainedTag:
+    return PretrainedTag(arch, tag, "big_vision", "gs://big_vision/siglip/" + npz, (npz,), None,
+                         preprocess=dataclasses.replace(_SIGLIP_PRE, image_size=size),
+                         tokenizer=TokenizerSpec("siglip", "spiece.model", ctx, True, pad_id=1))
+
+
+_QUICK = {"act": "quick_gelu"}
+# sha256 values are left empty where we have not verified them ourselves: pass the file's sha256
+# to `create_model(..., sha256=...)` (or rely on the hub's transport integrity) until filled in.
+PRETRAINED: dict[tuple[str, str], PretrainedTag] = {(t.arch, t.tag): t for t in (
+    _openclip("ViT-B-32", "openai", "timm/vit_base_patch32_clip_224.openai", overrides=_QUICK),
+    _openclip("ViT-B-32", "laion2b_s34b_b79k", "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"),
+    _openclip("ViT-B-16", "openai", "timm/vit_base_patch16_clip_224.openai", overrides=_QUICK),
+    _openclip("ViT-B-16", "laion2b_s34b_b88k", "laion/CLIP-ViT-B-16-laion2B-s34B-b88K"),
+    _openclip("ViT-L-14", "openai", "timm/vit_large_patch14_clip_224.openai", overrides=_QUICK),
+    _openclip("ViT-L-14", "laion2b_s32b_b82k", "laion/CLIP-ViT-L-14-laion2B-s32B-b82K"),
+    _hf_clip("ViT-B-32", "hf-openai", "openai/clip-vit-base-patch32", overrides=_QUICK),
+    _hf_clip("ViT-B-16", "hf-openai", "openai/clip-vit-base-patch16", overrides=_QUICK),
+    _hf_clip("ViT-L-14", "hf-openai", "openai/clip-vit-large-patch14", overrides=_QUICK),
+    _hf_siglip("ViT-B-16-SigLIP", "webli", "google/siglip-base-patch16-224", 224, 64),
+    _hf_siglip("ViT-SO400M-14-SigLIP", "webli", "google/siglip-so400m-patch14-224", 224, 16),
+    _bv_siglip("ViT-B-16-SigLIP", "bv-webli", "webli_en_b16_224_63724782.npz", 224, 64),
+    _bv_siglip("ViT-SO400M-14-SigLIP", "bv-webli", "webli_en_so400m_224_57633886.npz", 224, 16),
+)}
+
+
+def list_pretrained() -> list[tuple[str, str]]:
+    """(architecture, tag) pairs of known public releases."""
+    return sorted(PRETRAINED)
+
+
+def get_pretrained_tag(arch: str, tag: str) -> PretrainedTag:
+    if arch not in ARCHITECTURES:
+        raise _unknown("architecture", arch, ARCHITECTURES)
+    if (arch, tag) not in PRETRAINED:
+        tags = [t for a, t in PRETRAINED if a == arch]
+        raise _unknown(f"pretrained tag for {arch}", tag, tags) if tags else ValueError(
+            f"no pretrained tags for {arch!r}; architectures with tags: "
+            f"{sorted({a for a, _ in PRETRAINED})}")
+    return PRETRAINED[(arch, tag)]

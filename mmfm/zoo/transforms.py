@@ -1,0 +1,53 @@
+"""Image preprocessing that travels with weights: `ImageTransform(Preprocess, train=...)`.
+
+image (PIL, uint8 [H, W, 3|1|4], or encoded bytes) -> float32 [S, S, 3], normalised with the tag's
+mean/std. Eval: resize the short side + centre crop ('shortest') or resize to a square ('squash').
+Train: a random resized crop (area 90-100%, as open_clip's default) then the same resize.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+from PIL import Image
+
+from mmfm.data.transforms import Resize, to_uint8_rgb
+from mmfm.zoo.registry import Preprocess
+
+_RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+             "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
+
+
+class ImageTransform:
+    def __init__(self, pre: Preprocess, *, train: bool = False, scale=(0.9, 1.0)):
+        if pre.interpolation not in _RESAMPLE:
+            raise ValueError(f"preprocess.interpolation {pre.interpolation!r}: valid {sorted(_RESAMPLE)}")
+        if pre.resize_mode not in ("shortest", "squash"):
+            raise ValueError(f"preprocess.resize_mode {pre.resize_mode!r}: valid shortest, squash")
+        self.pre, self.train, self.scale = pre, train, scale
+        self._mean = np.asarray(pre.mean, np.float32)
+        self._std = np.asarray(pre.std, np.float32)
+
+    def resize_u8(self, image: Any, rng: Optional[np.random.Generator] = None) -> np.ndarray:
+        """uint8 [S, S, 3] (before normalisation)."""
+        array = to_uint8_rgb(image)
+        size = self.pre.image_size
+        if self.train:
+            rng = rng if rng is not None else np.random.default_rng()
+            h, w = array.shape[:2]
+            area = rng.uniform(*self.scale) * h * w
+            side = int(min(h, w, round(area ** 0.5)))
+            top, left = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+            array = array[top:top + side, left:left + side]
+        if self.pre.resize_mode == "squash":
+            if array.shape[:2] != (size, size):
+                array = np.asarray(Image.fromarray(array).resize((size, size), _RESAMPLE[self.pre.interpolation]))
+            return array
+        return Resize(size, self.pre.interpolation)(array)
+
+    def __call__(self, image: Any, rng: Optional[np.random.Generator] = None) -> np.ndarray:
+        x = self.resize_u8(image, rng).astype(np.float32) / 255.0
+        return (x - self._mean) / self._std
+
+    def __repr__(self) -> str:
+        return f"ImageTransform({self.pre}, train={self.train})"

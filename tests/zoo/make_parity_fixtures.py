@@ -1,0 +1,256 @@
+"""Builds the committed parity fixtures under tests/zoo/fixtures/ (run by hand, needs torch).
+
+The tests compare mmfm's converted models and tokenizers against these files WITHOUT torch. The
+script makes small randomly initialised reference models (width 32, 2 layers, 32 px images, vocab
+256), perturbs every parameter (so LayerNorm scales/biases and zero-initialised biases are tested
+too), and saves: their weights in the source's own format, the inputs, and the reference outputs
+(L2-normalised image/text embeddings and logits). It also saves token ids of varied strings from
+open_clip's CLIP BPE tokenizer and from Hugging Face's SiglipTokenizer on a small SentencePiece
+model trained here (no network is needed).
+
+Set-up (a separate venv: torch never becomes an mmfm dependency). PyPI's torchvision does not
+import beside the CPU-only torch 2.13.0 build; torch 2.14.1 with torchvision 0.29.1 does:
+
+    python3 -m venv /tmp/zoo/torchvenv
+    /tmp/zoo/torchvenv/bin/pip install torch==2.14.1 torchvision==0.29.1 open_clip_torch \
+        transformers safetensors numpy sentencepiece
+    /tmp/zoo/torchvenv/bin/python tests/zoo/make_parity_fixtures.py
+
+Versions used for the committed files are written to fixtures/versions.json.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OUT = os.path.join(HERE, "fixtures")
+W, LAYERS, HEADS, MLP, IMG, PATCH, VOCAB, CTX = 32, 2, 2, 64, 32, 8, 256, 16
+N_IMG, N_TXT = 3, 4
+
+TOKENIZER_STRINGS = [
+    "", " ", "a photo of a cat", "A Photo Of A CAT.", "hello, world!", "what's up? it's fine.",
+    "don't stop", "they're here; we've gone", "I'm sure you'll see", "he'd say: 'no'",
+    "numbers 1234 and 3.14159", "100% sure #1 @home", "e-mail: someone@example.com",
+    "https://example.com/path?q=1&r=2", "tabs\tand\nnewlines\r\nhere", "   leading and trailing   ",
+    "multiple     spaces", "café naïve résumé", "Ünïcödé ÀÉÎÕÜ", "日本語のテキスト", "中文字符测试",
+    "한국어 문장", "Ελληνικά γράμματα", "русский текст", "עברית", "العربية", "emoji 😀🐱🚀",
+    "curly ‘quotes’ and “double”", "em—dash and en–dash", "ellipsis… here", "ﬁ ligature",
+    "ＦＵＬＬＷＩＤＴＨ text", "&amp; &lt;b&gt; html", "snake_case and camelCase",
+    "C++ / C# / F#", "(parentheses) [brackets] {braces}", "a.b.c.d", "!!!???...",
+    "x" * 200, "word " * 100, "the quick brown fox jumps over the lazy dog " * 5,
+    "a small red circle left of a large blue square", "Mixed CASE With Numbers 42X",
+    "under_score-dash.dot", "slashes/and\\backslashes", "$100.00 or €90,50", "1st 2nd 3rd 4th",
+    "naïve café — ‘fancy’ “text”…", "ŁÓDŹ żółć", "ñandú pingüino", "Zürich Straße",
+    "tiếng Việt", "हिन्दी", "ไทย", "mañana?¿", "¡hola!", "🙂 smile", "a\u00a0non-breaking space",
+    "zero\u200bwidth", "COMBINING e\u0301 accent",
+]
+
+
+def perturb_(model: torch.nn.Module, seed: int) -> None:
+    """Random, non-trivial values for every parameter (LayerNorm scale near 1, others near 0)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            if "logit_scale" in name:
+                p.fill_(float(np.log(12.5)))
+            elif "logit_bias" in name:
+                p.fill_(-3.0)
+            elif p.ndim == 1 and ("ln" in name or "norm" in name) and name.endswith("weight"):
+                p.copy_(1.0 + 0.1 * noise)
+            else:
+                p.copy_(0.1 * noise)
+
+
+def inputs(seed: int, bos: int | None, eot: int, pad: int, max_id: int):
+    rng = np.random.default_rng(seed)
+    images = rng.normal(size=(N_IMG, 3, IMG, IMG)).astype(np.float32)  # NCHW, already normalised
+    tokens = np.full((N_TXT, CTX), pad, np.int64)
+    for i, n in enumerate([3, 7, CTX - 2 - (bos is not None) + 1, 1]):
+        ids = list(rng.integers(3, max_id, size=n))
+        row = ([bos] if bos is not None else []) + ids
+        row = row[:CTX - 1] + [eot]
+        tokens[i, :len(row)] = row
+    return images, tokens
+
+
+def save_ref(name: str, images, tokens, img_emb, txt_emb, logits, **extra) -> None:
+    np.savez(os.path.join(OUT, f"{name}_ref.npz"), images_nhwc=images.transpose(0, 2, 3, 1),
+             tokens=tokens.astype(np.int32), img_emb=img_emb.astype(np.float32),
+             txt_emb=txt_emb.astype(np.float32), logits=logits.astype(np.float32), **extra)
+
+
+def make_openclip() -> None:
+    import open_clip
+    from safetensors.torch import save_file
+
+    vision = open_clip.model.CLIPVisionCfg(layers=LAYERS, width=W, head_width=W // HEADS,
+                                           mlp_ratio=MLP / W, patch_size=PATCH, image_size=IMG)
+    text = open_clip.model.CLIPTextCfg(context_length=CTX, vocab_size=VOCAB, width=W, heads=HEADS,
+                                       layers=LAYERS, mlp_ratio=MLP / W)
+    model = open_clip.model.CLIP(embed_dim=24, vision_cfg=vision, text_cfg=text, quick_gelu=True).eval()
+    perturb_(model, 0)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              os.path.join(OUT, "openclip_tiny.safetensors"))
+    images, tokens = inputs(1, bos=VOCAB - 2, eot=VOCAB - 1, pad=0, max_id=VOCAB - 2)
+    with torch.no_grad():
+        im = model.encode_image(torch.from_numpy(images), normalize=True)
+        tx = model.encode_text(torch.from_numpy(tokens), normalize=True)
+        logits = model.logit_scale.exp() * im @ tx.T
+    save_ref("openclip_tiny", images, tokens, im.numpy(), tx.numpy(), logits.numpy())
+
+
+def make_hf_clip() -> None:
+    from transformers import CLIPConfig, CLIPModel
+
+    common = dict(hidden_size=W, intermediate_size=MLP, num_hidden_layers=LAYERS,
+                  num_attention_heads=HEADS, hidden_act="quick_gelu")
+    cfg = CLIPConfig(text_config=dict(vocab_size=VOCAB, max_position_embeddings=CTX,
+                                      bos_token_id=VOCAB - 2, eos_token_id=VOCAB - 1, pad_token_id=0,
+                                      **common),
+                     vision_config=dict(image_size=IMG, patch_size=PATCH, **common), projection_dim=24)
+    model = CLIPModel(cfg).eval()
+    perturb_(model, 1)
+    d = os.path.join(OUT, "hf_clip_tiny")
+    shutil.rmtree(d, ignore_errors=True)
+    model.save_pretrained(d)
+    images, tokens = inputs(2, bos=VOCAB - 2, eot=VOCAB - 1, pad=0, max_id=VOCAB - 2)
+    with torch.no_grad():
+        out = model(input_ids=torch.from_numpy(tokens), pixel_values=torch.from_numpy(images))
+    save_ref("hf_clip_tiny", images, tokens, out.image_embeds.numpy(), out.text_embeds.numpy(),
+             out.logits_per_image.numpy())
+
+
+def make_hf_siglip():
+    from transformers import SiglipConfig, SiglipModel
+
+    common = dict(hidden_size=W, intermediate_size=MLP, num_hidden_layers=LAYERS,
+                  num_attention_heads=HEADS)
+    cfg = SiglipConfig(text_config=dict(vocab_size=VOCAB, max_position_embeddings=CTX, **common),
+                       vision_config=dict(image_size=IMG, patch_size=PATCH, **common))
+    model = SiglipModel(cfg).eval()
+    perturb_(model, 2)
+    d = os.path.join(OUT, "hf_siglip_tiny")
+    shutil.rmtree(d, ignore_errors=True)
+    model.save_pretrained(d)
+    images, tokens = inputs(3, bos=None, eot=1, pad=1, max_id=VOCAB)
+    with torch.no_grad():
+        out = model(input_ids=torch.from_numpy(tokens), pixel_values=torch.from_numpy(images))
+    save_ref("hf_siglip_tiny", images, tokens, out.image_embeds.numpy(), out.text_embeds.numpy(),
+             out.logits_per_image.numpy())
+    return model, cfg
+
+
+def write_big_vision_npz(model, cfg) -> None:
+    """The HF SigLIP weights in big_vision's two_towers npz naming (same math, different layout)."""
+    sd = {k: v.numpy() for k, v in model.state_dict().items()}
+    out = {}
+
+    def attn(dst, src, width, heads):
+        hd = width // heads
+        for a, b in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
+            out[f"{dst}/{a}/kernel"] = sd[f"{src}.{b}.weight"].T.reshape(width, heads, hd)
+            out[f"{dst}/{a}/bias"] = sd[f"{src}.{b}.bias"].reshape(heads, hd)
+        out[f"{dst}/out/kernel"] = sd[f"{src}.out_proj.weight"].T.reshape(heads, hd, width)
+        out[f"{dst}/out/bias"] = sd[f"{src}.out_proj.bias"]
+
+    def block(dst, src, width, heads):
+        for i, n in ((0, "layer_norm1"), (1, "layer_norm2")):
+            out[f"{dst}/LayerNorm_{i}/scale"] = sd[f"{src}.{n}.weight"]
+            out[f"{dst}/LayerNorm_{i}/bias"] = sd[f"{src}.{n}.bias"]
+        for i, n in ((0, "fc1"), (1, "fc2")):
+            out[f"{dst}/MlpBlock_0/Dense_{i}/kernel"] = sd[f"{src}.mlp.{n}.weight"].T
+            out[f"{dst}/MlpBlock_0/Dense_{i}/bias"] = sd[f"{src}.mlp.{n}.bias"]
+        attn(f"{dst}/MultiHeadDotProductAttention_0", f"{src}.self_attn", width, heads)
+
+    v, t = "vision_model", "text_model"
+    out["params/img/embedding/kernel"] = sd[f"{v}.embeddings.patch_embedding.weight"].transpose(2, 3, 1, 0)
+    out["params/img/embedding/bias"] = sd[f"{v}.embeddings.patch_embedding.bias"]
+    out["params/img/pos_embedding"] = sd[f"{v}.embeddings.position_embedding.weight"][None]
+    for i in range(LAYERS):
+        block(f"params/img/Transformer/encoderblock_{i}", f"{v}.encoder.layers.{i}", W, HEADS)
+        block(f"params/txt/Encoder_0/encoderblock_{i}", f"{t}.encoder.layers.{i}", W, HEADS)
+    out["params/img/Transformer/encoder_norm/scale"] = sd[f"{v}.post_layernorm.weight"]
+    out["params/img/Transformer/encoder_norm/bias"] = sd[f"{v}.post_layernorm.bias"]
+    h = f"{v}.head"
+    out["params/img/MAPHead_0/probe"] = sd[f"{h}.probe"]
+    out["params/img/MAPHead_0/LayerNorm_0/scale"] = sd[f"{h}.layernorm.weight"]
+    out["params/img/MAPHead_0/LayerNorm_0/bias"] = sd[f"{h}.layernorm.bias"]
+    for i, n in ((0, "fc1"), (1, "fc2")):
+        out[f"params/img/MAPHead_0/MlpBlock_0/Dense_{i}/kernel"] = sd[f"{h}.mlp.{n}.weight"].T
+        out[f"params/img/MAPHead_0/MlpBlock_0/Dense_{i}/bias"] = sd[f"{h}.mlp.{n}.bias"]
+    w_in, b_in = sd[f"{h}.attention.in_proj_weight"], sd[f"{h}.attention.in_proj_bias"]
+    hd = W // HEADS
+    for j, a in enumerate(("query", "key", "value")):
+        out[f"params/img/MAPHead_0/MultiHeadDotProductAttention_0/{a}/kernel"] = \
+            w_in[j * W:(j + 1) * W].T.reshape(W, HEADS, hd)
+        out[f"params/img/MAPHead_0/MultiHeadDotProductAttention_0/{a}/bias"] = \
+            b_in[j * W:(j + 1) * W].reshape(HEADS, hd)
+    out["params/img/MAPHead_0/MultiHeadDotProductAttention_0/out/kernel"] = \
+        sd[f"{h}.attention.out_proj.weight"].T.reshape(HEADS, hd, W)
+    out["params/img/MAPHead_0/MultiHeadDotProductAttention_0/out/bias"] = sd[f"{h}.attention.out_proj.bias"]
+    out["params/txt/Embed_0/embedding"] = sd[f"{t}.embeddings.token_embedding.weight"]
+    out["params/txt/pos_embedding"] = sd[f"{t}.embeddings.position_embedding.weight"][None]
+    out["params/txt/Encoder_0/encoder_norm/scale"] = sd[f"{t}.final_layer_norm.weight"]
+    out["params/txt/Encoder_0/encoder_norm/bias"] = sd[f"{t}.final_layer_norm.bias"]
+    out["params/txt/head/kernel"] = sd[f"{t}.head.weight"].T
+    out["params/txt/head/bias"] = sd[f"{t}.head.bias"]
+    out["params/t"] = sd["logit_scale"].reshape(1)
+    out["params/b"] = sd["logit_bias"].reshape(1)
+    np.savez(os.path.join(OUT, "big_vision_siglip_tiny.npz"), **out)
+
+
+def make_tokenizer_fixtures() -> None:
+    import open_clip
+    import sentencepiece as spm
+    from transformers import SiglipTokenizer
+
+    clip_ids = open_clip.tokenize(TOKENIZER_STRINGS, context_length=77).numpy().astype(np.int32)
+
+    # A small SentencePiece model with SigLIP's (T5-style) special ids: pad 0, eos 1, unk 2.
+    corpus = [s for s in TOKENIZER_STRINGS if s.strip()] * 3 + [
+        "a photo of a {} on the table".format(w) for w in
+        ("cat", "dog", "red car", "small bird", "blue square", "green circle", "house", "tree")]
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus), model_writer=buf, vocab_size=300, model_type="unigram",
+        hard_vocab_limit=False, character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+        minloglevel=2, num_threads=1)
+    sp_path = os.path.join(OUT, "siglip_tiny_spiece.model")
+    with open(sp_path, "wb") as f:
+        f.write(buf.getvalue())
+    tok = SiglipTokenizer(vocab_file=sp_path)
+    enc = tok(TOKENIZER_STRINGS, padding="max_length", max_length=64, truncation=True)
+    siglip_ids = np.asarray(enc["input_ids"], np.int32)
+    with open(os.path.join(OUT, "tokenizer_strings.json"), "w", encoding="utf-8") as f:
+        json.dump(TOKENIZER_STRINGS, f, ensure_ascii=False, indent=0)
+    np.savez(os.path.join(OUT, "tokenizer_ref.npz"), clip_bpe=clip_ids, siglip=siglip_ids,
+             siglip_pad_id=np.int32(tok.pad_token_id), siglip_eos_id=np.int32(tok.eos_token_id))
+
+
+def main() -> None:
+    import open_clip
+    import transformers
+
+    torch.manual_seed(0)
+    os.makedirs(OUT, exist_ok=True)
+    make_openclip()
+    make_hf_clip()
+    model, cfg = make_hf_siglip()
+    write_big_vision_npz(model, cfg)
+    make_tokenizer_fixtures()
+    with open(os.path.join(OUT, "versions.json"), "w") as f:
+        json.dump({"torch": torch.__version__, "open_clip": open_clip.__version__,
+                   "transformers": transformers.__version__}, f, indent=1)
+    total = sum(os.path.getsize(os.path.join(r, n)) for r, _, ns in os.walk(OUT) for n in ns)
+    print(f"wrote {OUT} ({total / 1e6:.2f} MB)")
+
+
+if __name__ == "__main__":
+    main()
