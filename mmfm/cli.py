@@ -37,7 +37,17 @@ def train_main(argv=None) -> None:
     app.run(main, argv=argv or sys.argv)
 
 
-COMMANDS = {"train": train_main}
+def export_main() -> None:
+    from mmfm.zoo.export import export_main as run
+    run()
+
+
+def convert_main() -> None:
+    from mmfm.zoo.export import convert_main as run
+    run()
+
+
+COMMANDS = {"train": train_main, "export": export_main, "convert": convert_main}
 
 
 def main() -> None:
