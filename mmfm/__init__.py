@@ -1,2 +1,22 @@
-"""mmfm: multimodal (image + text) self-supervised pretraining of foundation models in JAX."""
+"""mmfm: multimodal (image + text) self-supervised pretraining of foundation models in JAX.
+
+    import mmfm
+    model, params, _, preprocess = mmfm.create_model_and_transforms("ViT-B-16", pretrained=PATH)
+    tokenizer = mmfm.get_tokenizer("ViT-B-16")
+    img = mmfm.encode_image(model, params, images)     # [batch, dim], L2-normalised
+
+Public API only: the zoo (open_clip-style), the losses and the model configs. Everything else is
+implementation, importable from its module.
+"""
 __version__ = "0.1.0"
+
+from mmfm import losses
+from mmfm.api import (create_model, create_model_and_transforms, encode_image, encode_text,
+                      get_tokenizer, list_models, list_pretrained, load_model_info, model_info)
+from mmfm.models.config import ModelConfig, TextConfig, VitConfig
+
+__all__ = [
+    "create_model", "create_model_and_transforms", "encode_image", "encode_text", "get_tokenizer",
+    "list_models", "list_pretrained", "load_model_info", "model_info", "losses", "ModelConfig",
+    "TextConfig", "VitConfig", "__version__",
+]

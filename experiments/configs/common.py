@@ -31,6 +31,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every = 0  # 0: only at the end
     c.checkpoint_every = 500
     c.keep_checkpoints = 3
+    # Start from another run's checkpoint when this workdir has none (a workdir, its checkpoints/
+    # dir or one step dir); "full": params, optimizer, step, rng, data position; "params": params.
+    c.resume_from = ""
+    c.resume_mode = "full"
     c.evals = dict(probe_train_examples=4_000, batch_size=256)
     return c
 
@@ -46,7 +50,6 @@ def apply_tiny(c: ml_collections.ConfigDict) -> None:
     c.model.text = dict(c.model.text.to_dict(), width=32, depth=1, mlp_dim=64, heads=2)
     c.model.embed_dim = 32
     c.model.dtype = "float32"
-    c.model.scan = False
     if c.model.mae_decoder:
         c.model.mae_decoder = dict(width=32, depth=1, mlp_dim=64, heads=2)
     c.batch_size = 16

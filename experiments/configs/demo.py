@@ -20,7 +20,8 @@ def get_config(arg: str | None = None):
     config.data.caption_drop = dict(color=0.5, size=0.3, position=0.3, shape=0.1)
 
     config.model.image = dict(width=128, depth=4, mlp_dim=512, heads=4, patch_size=16, pool="cls")
-    config.model.text = dict(width=128, depth=4, mlp_dim=512, heads=4, causal=False, pool="eot",
+    # The text tower runs twice a step (contrastive view, MLM view): two layers keep it cheap.
+    config.model.text = dict(width=128, depth=2, mlp_dim=512, heads=4, causal=False, pool="eot",
                              mlm_head=True)
     config.model.embed_dim = 128
     config.model.mae_decoder = dict(width=64, depth=1, mlp_dim=256, heads=2)
@@ -33,11 +34,11 @@ def get_config(arg: str | None = None):
     config.loss.mlm_ratio = 0.3
 
     config.batch_size = 256
-    config.total_steps = 1_500
+    config.total_steps = 600
     config.optim.lr = 2e-3
-    config.optim.warmup_steps = 100
+    config.optim.warmup_steps = 60
     config.optim.weight_decay = 0.05
-    config.log_every = 50
-    config.eval_every = 500
-    config.checkpoint_every = 500
+    config.log_every = 25
+    config.eval_every = 200
+    config.checkpoint_every = 200
     return common.finalize(config, arg)

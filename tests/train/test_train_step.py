@@ -1,0 +1,117 @@
+"""The pure train step: one compile, every loss term as a metric, weights that switch branches."""
+import dataclasses
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments.configs import demo
+from mmfm.train import optim
+from mmfm.train.loop import model_config, objective_config
+from mmfm.models.multimodal import TwoTower
+from mmfm.train.state import create_state
+from mmfm.train.step import StepConfig, train_step
+
+
+def tiny_setup(**loss):
+    config = demo.get_config("tiny")
+    with config.unlocked():
+        for k, v in loss.items():
+            config.loss[k] = v
+        if config.loss.contrastive == "siglip":
+            config.model.init_bias = -10.0
+    cfg = model_config(config)
+    model = TwoTower(cfg)
+    tx, lr_fn = optim.make_optimizer(config.optim, config.total_steps)
+    sc = StepConfig(model=model, tx=tx, lr_fn=lr_fn, objective=objective_config(config),
+                    mean=tuple(config.preprocess.mean), std=tuple(config.preprocess.std))
+    state = create_state(jax.random.PRNGKey(0), model=model, tx=tx)
+    rng = np.random.default_rng(0)
+    b, s, L = config.batch_size, cfg.image.image_size, cfg.text.context_length
+    tokens = np.zeros((b, L), np.int32)
+    tokens[:, 0], tokens[:, 1:6], tokens[:, 6] = 2, rng.integers(5, 200, (b, 5)), 3
+    batch = {"image": jnp.asarray(rng.integers(0, 256, (b, s, s, 3), np.uint8)),
+             "tokens": jnp.asarray(tokens)}
+    return sc, state, batch
+
+
+def test_step_compiles_once_and_reports_every_term():
+    sc, state, batch = tiny_setup()
+    def step_fn(state, batch):
+        return train_step(state, batch, sc=sc)
+
+    step = jax.jit(chex.assert_max_traces(step_fn, n=1), donate_argnums=(0,))
+    for _ in range(3):
+        state, metrics = step(state, batch)
+    assert int(state.step) == 3
+    for key in ("loss", "loss/clip", "loss/mae", "loss/mlm", "mlm/accuracy", "lr", "grad_norm",
+                "param_norm", "update_norm", "scale"):
+        assert key in metrics and np.isfinite(metrics[key]), key
+    total = (metrics["loss/clip"] + metrics["loss/mae"] * sc.objective.mae_weight
+             + metrics["loss/mlm"] * sc.objective.mlm_weight)
+    np.testing.assert_allclose(metrics["loss"], total, rtol=1e-6)
+
+
+def test_repeated_batch_is_fitted():
+    sc, state, batch = tiny_setup()
+    sc = dataclasses.replace(sc, tx=optim.make_optimizer(
+        demo.get_config("tiny").optim.copy_and_resolve_references(), 1000)[0])
+    state = create_state(jax.random.PRNGKey(0), model=sc.model, tx=sc.tx)
+    step = jax.jit(functools.partial(train_step, sc=sc))
+    losses = []
+    for _ in range(30):
+        state, m = step(state, batch)
+        losses.append(float(m["loss"]))
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+@pytest.mark.parametrize("weights, present, absent", [
+    (dict(mae_weight=0.0, mlm_weight=0.0), ["loss/clip"], ["loss/mae", "loss/mlm"]),
+    (dict(contrastive_weight=0.0), ["loss/mae", "loss/mlm"], ["loss/clip", "scale"]),
+    (dict(contrastive="siglip"), ["loss/siglip"], ["loss/clip"]),
+])
+def test_zero_weights_skip_their_branch(weights, present, absent):
+    sc, state, batch = tiny_setup(**weights)
+    _, metrics = jax.jit(functools.partial(train_step, sc=sc))(state, batch)
+    for k in present:
+        assert k in metrics
+    for k in absent:
+        assert k not in metrics
+
+
+def test_shared_view_runs_the_image_tower_once():
+    """Equal contrastive and MAE ratios: one encoder pass, so fewer FLOPs than separate views."""
+    def flops(**loss):
+        sc, state, batch = tiny_setup(**loss)
+        f = jax.jit(functools.partial(train_step, sc=sc)).lower(state, batch).compile()
+        return f.cost_analysis()["flops"]
+    shared = flops(patch_drop=0.75, mae_ratio=0.75)
+    separate = flops(patch_drop=0.5, mae_ratio=0.75)
+    sc, _, _ = tiny_setup(patch_drop=0.75, mae_ratio=0.75)
+    assert sc.objective.shared_image_view
+    assert shared < separate
+
+
+def test_frozen_tower_does_not_move():
+    sc, state, batch = tiny_setup()
+    config = demo.get_config("tiny")
+    with config.unlocked():
+        config.optim.freeze = ("^img/",)
+    tx, _ = optim.make_optimizer(config.optim, config.total_steps, state.params)
+    sc = dataclasses.replace(sc, tx=tx)
+    state = create_state(jax.random.PRNGKey(0), model=sc.model, tx=tx)
+    new, _ = jax.jit(functools.partial(train_step, sc=sc))(state, batch)
+    chex.assert_trees_all_equal(new.params["img"], state.params["img"])
+    assert not np.allclose(new.params["txt"]["head"]["kernel"], state.params["txt"]["head"]["kernel"])
+    with pytest.raises(ValueError, match="matches no parameter"):
+        optim.frozen_labels(state.params, ("^nothing/",))
+
+
+def test_schedule_warmup_then_cosine_to_end():
+    fn = optim.schedule(lr=1.0, total_steps=100, warmup_steps=10, end_lr_frac=0.1)
+    assert float(fn(0)) == 0.0 and abs(float(fn(10)) - 1.0) < 1e-6
+    assert abs(float(fn(100)) - 0.1) < 1e-6
+    assert float(fn(55)) == pytest.approx(0.1 + 0.9 * 0.5, abs=1e-6)
