@@ -95,3 +95,13 @@ def objective(out: dict, *, images: Array, tokens: Array, mae_mask: Optional[Arr
         metrics["mlm/accuracy"] = mlm_accuracy(out["mlm/logits"], tokens, mlm_mask)
     metrics["loss"] = total
     return total, metrics
+
+
+def check_model_fits(cfg: ObjectiveConfig, model_cfg) -> None:
+    """Fail before training when a loss weight needs a model part the config leaves out."""
+    if cfg.use_contrastive and cfg.contrastive == "siglip" and model_cfg.init_bias is None:
+        raise ValueError("loss.contrastive='siglip' needs model.init_bias (SigLIP uses -10.0)")
+    if cfg.use_mae and model_cfg.mae_decoder is None:
+        raise ValueError("loss.mae_weight > 0 needs model.mae_decoder (e.g. dict(width=64, depth=1))")
+    if cfg.use_mlm and not model_cfg.text.mlm_head:
+        raise ValueError("loss.mlm_weight > 0 needs model.text.mlm_head=True")
