@@ -1,90 +1,422 @@
-"""Checkpoints: the only module that imports orbax.
+"""Checkpoints and fault tolerance: the only module that imports orbax.
 
-Items per step: `state` (params, optimizer state, step, rng), `data` (the grain iterator state),
-`meta` (mmfm version, mesh, model config). Saves are async; a step directory orbax has not
-finalised is never restored. SIGTERM/SIGINT set `preempted`; the loop then saves the current step
-and stops.
+A step directory `<workdir>/checkpoints/<step>/` holds four items:
+  state   TrainState (params, optimizer state, step, rng), sharded arrays (orbax Standard/OCDBT)
+  data    the grain iterator state (JSON, written by process 0; see `set_data_state`)
+  config  the experiment config (JSON)
+  meta    mmfm version, git hash, package versions, mesh, process count, model config (JSON)
+
+Saves are asynchronous (the loop blocks only while arrays are copied off the devices). Orbax
+writes into a temporary directory and renames it when every item is complete, so a step killed
+mid-save is never listed; leftovers are deleted when the next run starts. On restore, targets
+are `jax.ShapeDtypeStruct`s carrying the *current* shardings, so a checkpoint written on one mesh
+or process count restores onto another. An unreadable latest step is moved to
+`<workdir>/checkpoints_corrupt/` with a warning and the previous one is used; a checkpoint whose
+shapes do not fit the model raises `CheckpointMismatchError` naming the first differing path.
+
+Preemption: SIGTERM/SIGINT set a flag; the loop saves the step it just finished, waits for the
+write and stops. In multi-process runs JAX's preemption service (which owns SIGTERM there) picks
+one sync step for all hosts (`multihost_utils.reached_preemption_sync_point`).
+
+Test hook (documented, inert unless set): MMFM_TEST_KILL_AT_STEP=N sends SIGKILL to this process
+right after step N has been logged and its checkpoint save (if any) was issued, i.e. while that
+save is still in flight.
 """
 from __future__ import annotations
 
-import dataclasses
+import importlib.metadata
+import json
 import logging
+import os
+import shutil
 import signal
-from typing import Any, Optional
+import subprocess
+from typing import Any, Callable, Mapping, Optional
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 log = logging.getLogger("mmfm")
 
+RESUME_MODES = ("full", "params")
+_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy",
+             "tensorflow-datasets", "ml-collections")
+_JSON_ITEMS = ("data", "config", "meta")
 
-def _ckpt_dir(workdir: str) -> str:
-    import os
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint's tree or shapes do not fit the model being trained."""
+
+
+# ----------------------------------------------------------------------------- paths and metadata
+
+def checkpoint_root(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
+def resolve(path: str) -> tuple[str, Optional[int]]:
+    """`path` -> (checkpoints root, step or None for the latest).
+
+    Accepts a run's workdir, its `checkpoints/` directory, or one step directory inside it.
+    """
+    path = os.path.abspath(path)
+    base = os.path.basename(path.rstrip("/"))
+    if base.isdigit() and os.path.isdir(path):
+        return os.path.dirname(path), int(base)
+    if os.path.isdir(os.path.join(path, "checkpoints")):
+        return os.path.join(path, "checkpoints"), None
+    if os.path.isdir(path):
+        return path, None
+    raise FileNotFoundError(f"checkpoint path {path} does not exist (expected a workdir, its "
+                            f"checkpoints/ directory or a step directory)")
+
+
+def _registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
+    reg = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    reg.add("state", ocp.args.StandardSave)
+    reg.add("state", ocp.args.StandardRestore)
+    reg.add("state", ocp.args.PyTreeRestore)  # partial (params-only) and target-free restores
+    for item in _JSON_ITEMS:
+        reg.add(item, ocp.args.JsonSave)
+        reg.add(item, ocp.args.JsonRestore)
+    return reg
+
+
+def _git_hash() -> Optional[str]:
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def run_metadata(trainer=None) -> dict:
+    """What produced a checkpoint: versions, git hash, mesh, process count, model config."""
+    from mmfm import __version__
+
+    versions = {}
+    for pkg in _PACKAGES:
+        try:
+            versions[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    meta: dict = {"mmfm_version": __version__, "git_hash": _git_hash(), "packages": versions,
+                  "process_count": jax.process_count(), "device_count": jax.device_count()}
+    if trainer is not None:
+        from mmfm.models.config import model_config_to_dict
+        meta["mesh"] = {k: int(v) for k, v in trainer.mesh.shape.items()}
+        meta["model"] = model_config_to_dict(trainer.model_cfg)
+    return meta
+
+
+# ----------------------------------------------------------------------------- tree checks
+
+def _key_str(k) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
+
+
+def _flat(tree) -> dict[str, Any]:
+    """{'params/img/cls': leaf, ...}: orbax's saved dicts and our dataclasses/namedtuples agree."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: x is None)[0]
+    return {"/".join(_key_str(k) for k in path): leaf for path, leaf in leaves if leaf is not None}
+
+
+def check_compatible(saved_tree, target_tree, *, where: str) -> None:
+    """Raises CheckpointMismatchError at the first path whose shape differs (params first)."""
+    saved, target = _flat(saved_tree), _flat(target_tree)
+    order = sorted(target, key=lambda p: (not p.startswith("params/"), p))
+    for path in order:  # sorted: params first, then alphabetical paths
+        if path not in saved:
+            raise CheckpointMismatchError(f"{where}: `{path}` (shape {tuple(target[path].shape)}) "
+                                          f"is missing from the checkpoint")
+        s, t = tuple(saved[path].shape), tuple(target[path].shape)
+        if s != t:
+            raise CheckpointMismatchError(f"{where}: shape mismatch at `{path}`: checkpoint {s}, "
+                                          f"model {t}")
+    extra = sorted(set(saved) - set(target))
+    if extra:
+        raise CheckpointMismatchError(f"{where}: the checkpoint has entries the model lacks, "
+                                      f"first `{extra[0]}` ({len(extra)} in all)")
+
+
+def set_data_state(it, saved: Optional[Mapping]) -> None:
+    """Restores the iterator position; tolerates a changed process count.
+
+    Batches are a pure function of their index, and every process has consumed the same number
+    of batches (one per step), so the position carries over even when sharding changed; only
+    the seed, the global batch and the dataset must match.
+    """
+    if not saved:
+        return
+    current = it.get_state()
+    old, new = dict(saved.get("loader", {})), dict(current.get("loader", {}))
+    per_host = ("shard_index", "shard_count", "batch_size")
+    if {k: v for k, v in old.items() if k not in per_host} != \
+            {k: v for k, v in new.items() if k not in per_host}:
+        it.set_state(saved)  # raises naming the differing loader settings
+        return
+    if old.get("batch_size", 0) * old.get("shard_count", 1) != \
+            new.get("batch_size", 0) * new.get("shard_count", 1):
+        raise ValueError(f"checkpoint was written with a global batch of "
+                         f"{old.get('batch_size')}x{old.get('shard_count')} examples, this run "
+                         f"uses {new.get('batch_size')}x{new.get('shard_count')}")
+    if old.get("shard_count") != new.get("shard_count"):
+        log.warning("data: checkpoint has %s shards, this run %s; continuing at batch %d of the "
+                    "new sharding", old.get("shard_count"), new.get("shard_count"),
+                    saved["next_batch"])
+    it.set_state(dict(current, next_batch=int(saved["next_batch"])))
+
+
+# ----------------------------------------------------------------------------- preemption
+
+class PreemptionWatcher:
+    """SIGTERM/SIGINT -> `requested`; restores the previous handlers on `uninstall`."""
+
+    def __init__(self):
+        self.requested, self._old = False, {}
+        sigs = [signal.SIGINT]
+        if not _jax_preemption_service():  # otherwise JAX's notifier owns SIGTERM
+            sigs.append(signal.SIGTERM)
+        for sig in sigs:
+            try:
+                self._old[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread (notebook workers): no handlers
+                pass
+
+    def _handler(self, signum, _frame):
+        if self.requested and signum == signal.SIGINT:  # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        log.warning("received %s: saving the current step, then stopping",
+                    signal.Signals(signum).name)
+        self.requested = True
+
+    def uninstall(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+
+
+def _jax_preemption_service() -> bool:
+    try:
+        from jax._src import distributed  # no public accessor in this JAX
+        return getattr(distributed.global_state, "preemption_sync_manager", None) is not None
+    except ImportError:
+        return False
+
+
+def _maybe_test_kill(step: int) -> None:
+    if os.environ.get("MMFM_TEST_KILL_AT_STEP") == str(step):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ----------------------------------------------------------------------------- the checkpointer
+
+def _manager(root: str, *, keep: Optional[int] = None, read_only: bool = False):
+    opts = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True,
+                                        cleanup_tmp_directories=not read_only, read_only=read_only,
+                                        create=not read_only)
+    return ocp.CheckpointManager(root, options=opts, handler_registry=_registry())
+
+
+def _saved_state_tree(manager, step: int):
+    md = manager.item_metadata(step)
+    tree = md["state"] if md is not None and "state" in md else None
+    if tree is None:
+        raise OSError(f"step {step} has no readable `state` metadata")
+    return getattr(tree, "tree", tree)
+
+
+def _restore_full(manager, step: int, abstract_state, where: str):
+    """(state, data_state) of `step`, restored onto the shardings in `abstract_state`."""
+    check_compatible(_saved_state_tree(manager, step), abstract_state, where=where)
+    out = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
+        meta=ocp.args.JsonRestore()))
+    saved_mesh = (out["meta"] or {}).get("mesh")
+    if saved_mesh:
+        log.info("%s: written on mesh %s by %s process(es)", where, saved_mesh,
+                 out["meta"].get("process_count"))
+    return out["state"], out["data"]
+
+
+def _restore_params(manager, step: int, abstract_params, where: str):
+    saved = _saved_state_tree(manager, step)
+    check_compatible({"params": _flat_get(saved, "params")}, {"params": abstract_params},
+                     where=where)
+    item = {"params": abstract_params}
+    out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+        partial_restore=True)))
+    return out["state"]["params"]
+
+
+def _flat_get(tree, key: str):
+    if isinstance(tree, Mapping) and key in tree:
+        return tree[key]
+    raise CheckpointMismatchError(f"checkpoint state has no `{key}` entry")
+
+
 class Checkpointer:
+    """One run's checkpoints: auto-resume, async periodic saves, preemption, integrity.
+
+    Config keys read: checkpoint_every (0: only at the end and on preemption), keep_checkpoints,
+    resume_from ("" or a workdir / checkpoints dir / step dir of another run), resume_mode
+    ("full": params, optimizer, step, rng and data position; "params": params only).
+    """
+
     def __init__(self, workdir: str, config, trainer=None):
         self.every = int(config.checkpoint_every)
-        self.manager = ocp.CheckpointManager(
-            _ckpt_dir(workdir),
-            options=ocp.CheckpointManagerOptions(max_to_keep=int(config.keep_checkpoints),
-                                                 enable_async_checkpointing=True))
-        self.meta = _metadata(config, trainer)
+        keep = int(config.keep_checkpoints)
+        if self.every < 0 or keep < 1:
+            raise ValueError(f"checkpoint_every must be >= 0 and keep_checkpoints >= 1, got "
+                             f"{self.every} and {keep}")
+        self.resume_from = str(config.get("resume_from", "") or "")
+        self.resume_mode = str(config.get("resume_mode", "full"))
+        if self.resume_mode not in RESUME_MODES:
+            raise ValueError(f"resume_mode must be one of {RESUME_MODES}, got {self.resume_mode!r}")
+        self.root = checkpoint_root(workdir)
+        self.manager = _manager(self.root, keep=keep)
+        self.meta = run_metadata(trainer)
+        self.config_json = json.loads(config.to_json_best_effort()) \
+            if hasattr(config, "to_json_best_effort") else dict(config)
         self.preempted = False
         self._last_saved: Optional[int] = None
-        self._install_signal_handlers()
+        self._watcher = PreemptionWatcher()
 
-    def _install_signal_handlers(self) -> None:
-        def handler(signum, _frame):
-            log.warning("received signal %d: checkpointing at the current step and stopping", signum)
-            self.preempted = True
-        try:
-            signal.signal(signal.SIGTERM, handler)
-            signal.signal(signal.SIGINT, handler)
-        except ValueError:  # not the main thread (e.g. inside a notebook worker): no handlers
-            pass
+    # -- restore
+    def restore(self, abstract_state, init_fn: Optional[Callable[[], Any]] = None):
+        """(state, data_state): this workdir's latest step, else `resume_from`, else (None, None)."""
+        state, data = self.restore_latest(abstract_state)
+        if state is None and self.resume_from:
+            state, data = self.restore_from(self.resume_from, abstract_state,
+                                            mode=self.resume_mode, init_fn=init_fn)
+        return state, data
 
     def restore_latest(self, abstract_state) -> tuple[Optional[Any], Optional[dict]]:
-        """(state, data_state) of the latest finalised step, or (None, None) for a fresh run."""
-        step = self.manager.latest_step()
-        if step is None:
-            return None, None
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-        log.warning("resumed from step %d", step)
-        self._last_saved = step
-        return restored["state"], restored["data"]
+        """The newest readable finalised step; unreadable ones are quarantined with a warning."""
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                state, data = _restore_full(self.manager, step, abstract_state,
+                                            where=f"checkpoint {self.root}/{step}")
+            except CheckpointMismatchError:
+                raise
+            except Exception as e:  # noqa: BLE001 - any read failure means "corrupted"
+                log.warning("checkpoint step %d in %s is unreadable (%s: %s); falling back to the "
+                            "previous checkpoint", step, self.root, type(e).__name__,
+                            str(e).splitlines()[0][:300] if str(e) else "")
+                self._quarantine(step)
+                continue
+            log.warning("resumed from step %d (%s/%d)", step, self.root, step)
+            self._last_saved = step
+            return state, data
+        return None, None
+
+    def restore_from(self, path: str, abstract_state, *, mode: str = "full",
+                     init_fn: Optional[Callable[[], Any]] = None):
+        """Starts from another run's checkpoint; mode "params" needs `init_fn` for the rest."""
+        root, step = resolve(path)
+        src = _manager(root, read_only=True)
+        try:
+            steps = src.all_steps()
+            step = max(steps) if step is None and steps else step
+            if step is None or step not in steps:
+                raise FileNotFoundError(f"resume_from={path}: no finalised checkpoint there "
+                                        f"(steps found in {root}: {sorted(steps)})")
+            where = f"resume_from {root}/{step}"
+            if mode == "full":
+                state, data = _restore_full(src, step, abstract_state, where=where)
+            else:
+                if init_fn is None:
+                    raise ValueError("resume_mode='params' needs init_fn for the fresh state")
+                params = _restore_params(src, step, abstract_state.params, where=where)
+                state, data = init_fn().replace(params=params), None
+        finally:
+            src.close()
+        log.warning("started from %s (%s), step %d", where, mode, int(state.step))
+        return state, data
+
+    def _quarantine(self, step: int) -> None:
+        if jax.process_index() == 0:
+            dest = os.path.join(os.path.dirname(self.root), "checkpoints_corrupt", str(step))
+            if os.path.exists(dest):
+                shutil.rmtree(dest)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            shutil.move(os.path.join(self.root, str(step)), dest)
+            log.warning("moved unreadable step %d to %s", step, dest)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices(f"mmfm_quarantine_{step}")
+        self.manager.reload()
+
+    # -- save
+    def _check_preemption(self, step: int) -> bool:
+        if self._watcher.requested:
+            return True
+        # Multi-process: every host must stop at the same step; JAX's service agrees on one.
+        return jax.process_count() > 1 and self.manager.reached_preemption(step)
 
     def save(self, step: int, state, data_iter) -> None:
+        """Issues an async save of `step` (blocks only for the device->host copy)."""
         if self._last_saved == step:
             return
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_iter.get_state()),
-            meta=ocp.args.JsonSave(self.meta)), force=True)
+            config=ocp.args.JsonSave(self.config_json),
+            meta=ocp.args.JsonSave(dict(self.meta, step=int(step)))), force=True)
         self._last_saved = step
 
-    def maybe_save(self, step: int, state, data_iter) -> None:
+    def maybe_save(self, step: int, state, data_iter,
+                   before_save: Optional[Callable[[], None]] = None) -> None:
+        """Every `checkpoint_every` steps, and on preemption (then waits and sets `preempted`).
+
+        `before_save` runs first (the loop flushes its logs, so they are durable up to `step`).
+        """
+        self.preempted = self._check_preemption(step)
         if self.preempted or (self.every and step % self.every == 0):
+            if before_save is not None and self._last_saved != step:
+                before_save()
             self.save(step, state, data_iter)
         if self.preempted:
             self.manager.wait_until_finished()
-            log.warning("preempted: saved step %d to %s", step, self.manager.directory)
+            log.warning("preempted: saved step %d to %s/%d", step, self.root, step)
+        _maybe_test_kill(step)
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
 
     def close(self, state, data_iter) -> None:
+        """Saves the final step (if not saved yet), waits for all writes and closes."""
         self.save(int(jax.device_get(state.step)), state, data_iter)
         self.manager.wait_until_finished()
         self.manager.close()
+        self.release()
+
+    def release(self) -> None:
+        """Restores the signal handlers that were there before this checkpointer."""
+        self._watcher.uninstall()
 
 
-def _metadata(config, trainer) -> dict:
-    from mmfm import __version__
+def load_state(path: str, step: Optional[int] = None) -> tuple[int, dict]:
+    """(step, state as saved: nested dicts of numpy arrays). For tools and tests; no model needed.
 
-    meta: dict = {"mmfm_version": __version__}
-    if trainer is not None:
-        meta["mesh"] = dict(trainer.mesh.shape)
-        meta["model"] = dataclasses.asdict(trainer.model_cfg)
-    return meta
+    `path`: a workdir, its checkpoints/ directory or a step directory; step None = the latest.
+    """
+    root, path_step = resolve(path)
+    src = _manager(root, read_only=True)
+    try:
+        step = step if step is not None else path_step if path_step is not None else src.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"no finalised checkpoint in {root}")
+        tree = _saved_state_tree(src, step)
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+        out = src.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            restore_args=restore_args)))
+        return step, out["state"]
+    finally:
+        src.close()

@@ -146,12 +146,12 @@ def train_and_evaluate(config, workdir: str, *, max_steps: Optional[int] = None)
     tr = Trainer(config, workdir)
     is_main = jax.process_index() == 0
     ckpt = checkpoint.Checkpointer(workdir, config, tr)
-    state, data_state = ckpt.restore_latest(tr.abstract_state())
+    # This workdir's latest readable step, else config.resume_from, else a fresh state.
+    state, data_state = ckpt.restore(tr.abstract_state(), init_fn=tr.init_state)
     it = iter(tr.train_loader)
     if state is None:
         state = tr.init_state()
-    else:
-        it.set_state(data_state)
+    checkpoint.set_data_state(it, data_state)
     start = int(state.step)
     writer = MetricsWriter(workdir, enabled=is_main, total_steps=config.total_steps, resume_step=start)
     if is_main:
@@ -172,12 +172,14 @@ def train_and_evaluate(config, workdir: str, *, max_steps: Optional[int] = None)
                 writer.progress(done, rec, config.batch_size)
             if done == config.total_steps or (config.eval_every and done % config.eval_every == 0):
                 results = run_evals(tr, state, writer, done)
-            ckpt.maybe_save(done, state, it)
+            # Logs are flushed before each save so they are durable up to the saved step.
+            ckpt.maybe_save(done, state, it, before_save=writer.flush)
             if ckpt.preempted:
                 break
         ckpt.close(state, it)
     finally:
         ckpt.wait()  # never leave an async save half-written behind an exception
+        ckpt.release()
         writer.close()
     return results
 

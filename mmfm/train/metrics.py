@@ -57,7 +57,9 @@ class MetricsWriter:
         os.makedirs(workdir, exist_ok=True)
         truncate_jsonl(self.path, resume_step)
         from tensorboardX import SummaryWriter  # imported lazily: only the main process needs it
-        self._tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=resume_step + 1 if resume_step else None)
+        # purge_step hides events at steps > resume_step left by an interrupted earlier run (also
+        # when it died before its first checkpoint: resume_step 0).
+        self._tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=resume_step + 1)
 
     def write(self, step: int, metrics: Mapping[str, object], *, kind: str = "train") -> dict:
         rec = {"step": int(step), "kind": kind}
