@@ -50,6 +50,19 @@ def convert_main() -> None:
 COMMANDS = {"train": train_main, "export": export_main, "convert": convert_main}
 
 
+def data_main() -> None:
+    from mmfm.data.cli import data_main as run
+    sys.exit(run())
+
+
+def tokenizer_main() -> None:
+    from mmfm.data.cli import tokenizer_main as run
+    sys.exit(run())
+
+
+COMMANDS.update(data=data_main, tokenizer=tokenizer_main)  # mmfm/data/cli.py
+
+
 def main() -> None:
     """`mmfm <command> ...`: dispatch to the command's own flag parser."""
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:

@@ -10,7 +10,12 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.data = dict(name="captioned_shapes", dir="data", image_size=64, num_train=20_000,
-                  num_test=1_000, seed=0, context_length=32, caption_drop={}, worker_count=0)
+                  num_test=1_000, seed=0, context_length=32, caption_drop={}, worker_count=0,
+                  # Other datasets (mmfm/data/datasets.py): prepared corpus name for wds/jsonl,
+                  # tokenizer file ("" = the dataset's own), train augmentation, a
+                  # "module:function" transform factory, components of name="mixture".
+                  dataset="", tokenizer="", lowercase=False, crop_scale=(1.0, 1.0), flip=False,
+                  transform="", mixture=())
     # Image normalisation, travels with the model (exports, zoo tags). CLIP's defaults.
     c.preprocess = dict(mean=(0.48145466, 0.4578275, 0.40821073),
                         std=(0.26862954, 0.26130258, 0.27577711))

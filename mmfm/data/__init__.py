@@ -10,7 +10,11 @@ _EXPORTS = {
                   "compose_caption", "prepare_captioned_shapes", "shapes_config",
                   "shapes_tokenizer_path"),
     "tokenizers": ("HFTokenizer", "Tokenizer", "load_tokenizer", "train_tokenizer"),
-    "transforms": ("Compose", "Decode", "RandomFlip", "Resize", "make_image_transform"),
+    "transforms": ("Compose", "Decode", "RandomFlip", "RandomResizedCrop", "Resize",
+                   "make_image_transform", "make_train_transform"),
+    "sources": ("MixtureSource", "SafeSource", "pick_caption"),
+    "catalog": ("CATALOG", "open_catalog"),
+    "builders": ("prepare", "read_summary"),
     "pipeline": ("DATASETS", "DataInfo", "TrainIterator", "TrainLoader", "build_data",
                  "load_eval_arrays", "make_train_loader"),
 }

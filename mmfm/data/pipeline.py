@@ -28,8 +28,9 @@ import grain
 import numpy as np
 
 from mmfm.data import synthetic
+from mmfm.data.sources import RUNTIME_REASONS
 from mmfm.data.tokenizers import load_tokenizer
-from mmfm.data.transforms import make_image_transform, to_uint8_rgb
+from mmfm.data.transforms import make_image_transform, make_train_transform, to_uint8_rgb
 
 _STATE_VERSION = 1
 TEXT_KEYS = ("caption", "text")
@@ -84,6 +85,8 @@ class Preprocess:
         caption = self.caption_fn(record, caption_rng) if self.caption_fn else _text_of(record)
         out = {"image": image, "tokens": self.tokenizer(caption, self.context_length)[0]}
         out.update(_labels_of(record, self.label_keys))
+        if "_skipped" in record:  # from sources.SafeSource: records passed over to get this one
+            out["_skipped"] = np.asarray(record["_skipped"], np.int32)
         return out
 
 
@@ -104,6 +107,7 @@ class TrainIterator:
 
     def __init__(self, loader: "TrainLoader", next_batch: int = 0):
         self._loader, self._next, self._it = loader, next_batch, None
+        self._runtime_skips = np.zeros(len(RUNTIME_REASONS), np.int64)
 
     def __iter__(self):
         return self
@@ -111,8 +115,10 @@ class TrainIterator:
     def __next__(self) -> dict[str, np.ndarray]:
         if self._it is None:  # started lazily, so set_state right after iter() costs nothing
             self._it = iter(self._loader.iter_dataset(self._next))
-        batch = next(self._it)
+        batch = dict(next(self._it))
         self._next += 1
+        if "_skipped" in batch:
+            self._runtime_skips += np.asarray(batch.pop("_skipped")).sum(axis=0)
         # Worker processes hand back shared-memory ndarray subclasses; plain copies keep their
         # lifetime independent of grain (a few MB per batch, negligible next to a train step).
         return {k: v if type(v) is np.ndarray else np.array(v) for k, v in batch.items()}
@@ -132,10 +138,20 @@ class TrainIterator:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def skip_counts(self) -> dict[str, int]:
+        """Metrics: `data/skipped/<reason>` from prepare time (train split) plus
+        `data/skipped_runtime/<reason>`, records replaced while reading (summed over batches
+        produced so far, carried through get_state/set_state)."""
+        counts = self._loader.skip_counts()
+        counts.update({f"data/skipped_runtime/{r}": int(n)
+                       for r, n in zip(RUNTIME_REASONS, self._runtime_skips)})
+        return counts
+
     def get_state(self) -> dict[str, Any]:
-        """`{"version", "loader": settings, "next_batch": int}`, all plain JSON types."""
+        """`{"version", "loader": settings, "next_batch": int, "runtime_skips"}`, plain JSON."""
         return {"version": _STATE_VERSION, "loader": dict(self._loader.fingerprint),
-                "next_batch": self._next}
+                "next_batch": self._next,
+                "runtime_skips": [int(n) for n in self._runtime_skips]}
 
     def set_state(self, state: Mapping[str, Any], *, strict: bool = True) -> None:
         """Restores a `get_state()` result (also after a json round trip).
@@ -158,6 +174,8 @@ class TrainIterator:
             logging.warning("%s; continuing at batch %d", message, state["next_batch"])
         self.close()
         self._next = state["next_batch"]
+        skips = state.get("runtime_skips") or [0] * len(RUNTIME_REASONS)
+        self._runtime_skips = np.asarray(skips, np.int64)
 
 
 class TrainLoader:
@@ -203,6 +221,11 @@ class TrainLoader:
         self.batches = ds.batch(batch_size, drop_remainder=True)
         self._read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
         self.worker_count = _check_int("worker_count", worker_count, 0)
+        self.prepare_skips: dict[str, int] = {}  # set by dataset entries (prepare summary)
+
+    def skip_counts(self) -> dict[str, int]:
+        """`data/skipped/<reason>`: records dropped when this dataset was prepared."""
+        return {f"data/skipped/{r}": int(n) for r, n in sorted(self.prepare_skips.items())}
 
     def iter_dataset(self, start: int = 0) -> grain.IterDataset:
         """The grain pipeline from batch `start` on (threads, then optional worker processes)."""
@@ -287,25 +310,34 @@ def _config_dict(cfg: Any) -> dict[str, Any]:
 
 def _build_captioned_shapes(cfg: dict[str, Any], *, batch_size: int, seed: int,
                             shard_index: int, shard_count: int):
-    valid = {"name", "dir", "image_size", "num_train", "num_test", "seed", "context_length",
-             "caption_drop", "worker_count", "num_threads"}
-    unknown = set(cfg) - valid
+    from mmfm.data.datasets import COMMON_KEYS
+    unknown = set(cfg) - COMMON_KEYS
     if unknown:
         raise ValueError(f"unknown captioned_shapes data config keys {sorted(unknown)}; "
-                         f"valid: {sorted(valid)}")
+                         f"valid: {sorted(COMMON_KEYS)}")
+    for key in ("dataset", "mixture", "transform"):
+        if cfg.get(key):
+            raise ValueError(f"config.data.{key} is not used by captioned_shapes; set "
+                             f"config.data.name to wds/jsonl/mixture or leave it empty")
     if not cfg.get("dir"):
         raise ValueError("data config needs `dir` (where datasets are built and stored)")
     shapes = {k: cfg[k] for k in ("image_size", "num_train", "num_test", "seed") if k in cfg}
     builder = synthetic.prepare_captioned_shapes(cfg["dir"], **shapes)
     image_size = builder.builder_config.image_size
     tokenizer_path = synthetic.shapes_tokenizer_path(cfg["dir"], **shapes)
-    tokenizer = load_tokenizer(tokenizer_path)
+    if cfg.get("tokenizer"):
+        tokenizer_path = cfg["tokenizer"]
+    tokenizer = load_tokenizer(tokenizer_path, lowercase=bool(cfg.get("lowercase", False)))
     context_length = cfg.get("context_length", 32)
     drops = {k: float(v) for k, v in (cfg.get("caption_drop") or {}).items()}
-    transform = make_image_transform(image_size)  # no flip: captions name left/right
+    # No flip by default: captions name left/right.
+    transform = make_image_transform(image_size)
+    train_transform = make_train_transform(
+        image_size, crop_scale=tuple(cfg.get("crop_scale") or (1.0, 1.0)),
+        flip=bool(cfg.get("flip", False)))
     loader = make_train_loader(
         builder.as_data_source(split="train"), batch_size=batch_size, seed=seed,
-        tokenizer=tokenizer, context_length=context_length, transform=transform,
+        tokenizer=tokenizer, context_length=context_length, transform=train_transform,
         caption_fn=synthetic.CaptionDropper(drops) if any(drops.values()) else None,
         shard_index=shard_index, shard_count=shard_count,
         worker_count=cfg.get("worker_count", 0), num_threads=cfg.get("num_threads", 2))
@@ -328,7 +360,21 @@ def _build_captioned_shapes(cfg: dict[str, Any], *, batch_size: int, seed: int,
 
 # name -> fn(cfg dict, *, batch_size, seed, shard_index, shard_count)
 #         -> (train_loader, eval_arrays_fn, tokenizer, info)
-DATASETS: dict[str, Callable[..., tuple]] = {"captioned_shapes": _build_captioned_shapes}
+def _corpus_or_catalog(cfg: dict[str, Any], **kwargs):
+    from mmfm.data.datasets import build_corpus_or_catalog  # loads catalog code only when used
+    return build_corpus_or_catalog(cfg, **kwargs)
+
+
+DATASETS: dict[str, Callable[..., tuple]] = {
+    "captioned_shapes": _build_captioned_shapes,
+    # prepared image-text corpora (`mmfm data prepare`): config.data.dataset names one
+    "wds": _corpus_or_catalog, "jsonl": _corpus_or_catalog,
+    # TFDS catalog datasets, prepared in config.data.dir
+    "cifar10": _corpus_or_catalog, "cifar100": _corpus_or_catalog,
+    "imagenet2012": _corpus_or_catalog, "coco_captions": _corpus_or_catalog,
+    # weighted mixture of the above: config.data.mixture
+    "mixture": _corpus_or_catalog,
+}
 
 
 def build_data(data_cfg: Any, *, batch_size: int, seed: int, shard_index: int = 0,

@@ -109,6 +109,53 @@ class RandomFlip:
         return f"RandomFlip({self.prob})"
 
 
+class RandomResizedCrop:
+    """Inception-style crop: a random area fraction in `scale` and aspect ratio in `ratio`
+    (log-uniform), resized to `size x size`. Without an rng it is the eval transform: shorter
+    side to `size`, centre crop (`Resize`)."""
+
+    def __init__(self, size: int, scale: tuple[float, float] = (0.08, 1.0),
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3), method: str = "bilinear"):
+        scale, ratio = tuple(float(v) for v in scale), tuple(float(v) for v in ratio)
+        if len(scale) != 2 or not 0.0 < scale[0] <= scale[1] <= 1.0:
+            raise ValueError(f"crop scale must be (low, high) with 0 < low <= high <= 1, "
+                             f"got {scale}")
+        if len(ratio) != 2 or not 0.0 < ratio[0] <= ratio[1]:
+            raise ValueError(f"crop ratio must be (low, high) with 0 < low <= high, got {ratio}")
+        self.resize = Resize(size, method)
+        self.size, self.scale, self.ratio, self.method = int(size), scale, ratio, method
+
+    def crop_box(self, h: int, w: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+        """(top, left, height, width); 10 tries, then the largest centred crop within `ratio`."""
+        area = h * w
+        log_ratio = np.log(self.ratio)
+        for _ in range(10):
+            target = area * rng.uniform(*self.scale)
+            aspect = np.exp(rng.uniform(*log_ratio))
+            cw, ch = int(round(np.sqrt(target * aspect))), int(round(np.sqrt(target / aspect)))
+            if 0 < cw <= w and 0 < ch <= h:
+                return int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1)), ch, cw
+        aspect = w / h
+        if aspect < self.ratio[0]:
+            cw, ch = w, int(round(w / self.ratio[0]))
+        elif aspect > self.ratio[1]:
+            ch, cw = h, int(round(h * self.ratio[1]))
+        else:
+            cw, ch = w, h
+        return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+    def __call__(self, image: Any, rng: np.random.Generator | None = None) -> np.ndarray:
+        array = to_uint8_rgb(image)
+        if rng is None:
+            return self.resize(array)
+        top, left, ch, cw = self.crop_box(*array.shape[:2], rng)
+        crop = Image.fromarray(array[top:top + ch, left:left + cw])
+        return np.asarray(crop.resize((self.size, self.size), _RESAMPLE[self.method]))
+
+    def __repr__(self) -> str:
+        return f"RandomResizedCrop({self.size}, scale={self.scale}, ratio={self.ratio})"
+
+
 class Compose:
     """Applies transforms in order, handing each the same per-example rng."""
 
@@ -131,6 +178,19 @@ def make_image_transform(image_size: int, *, flip: bool = False,
                          method: str = "bilinear") -> Compose:
     """The standard per-example transform: decode, resize/crop to `image_size`, optional flip."""
     steps: list[Any] = [Decode(), Resize(image_size, method)]
+    if flip:
+        steps.append(RandomFlip())
+    return Compose(steps)
+
+
+def make_train_transform(image_size: int, *, crop_scale: Sequence[float] = (1.0, 1.0),
+                         flip: bool = False, method: str = "bilinear") -> Compose:
+    """Training transform: random resized crop (`crop_scale` area range; (1, 1) means the plain
+    resize + centre crop of eval) then an optional horizontal flip."""
+    crop_scale = tuple(float(v) for v in crop_scale)
+    if crop_scale == (1.0, 1.0):
+        return make_image_transform(image_size, flip=flip, method=method)
+    steps: list[Any] = [RandomResizedCrop(image_size, crop_scale, method=method)]
     if flip:
         steps.append(RandomFlip())
     return Compose(steps)

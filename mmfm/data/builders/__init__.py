@@ -1,0 +1,13 @@
+"""TFDS builders for user image-text corpora (webdataset tar shards, jsonl + image folders).
+
+    from mmfm.data.builders import prepare
+    summary = prepare("wds", src="/corpus/{00000..00099}.tar", name="laion_sub", data_dir="/tfds")
+
+Both builders store ArrayRecord files without TensorFlow, validate every record
+(`builders.common`) and count skipped records by reason in `prepare_summary.json`.
+"""
+from mmfm.data.builders.common import (CONVERTED_PREFIX, REASONS, RecordError, SkipCounter,
+                                       clean_caption, decode_image, prepare, read_summary)
+
+__all__ = ["CONVERTED_PREFIX", "REASONS", "RecordError", "SkipCounter", "clean_caption",
+           "decode_image", "prepare", "read_summary"]

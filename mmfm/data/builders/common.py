@@ -1,0 +1,347 @@
+"""Record validation and the shared TFDS builder for user image-text corpora.
+
+Every record goes through `decode_image` and `clean_caption`. Convertible inputs are converted
+(grayscale, CMYK, palette/RGBA with transparency composited on white, 16-bit scaled to 8-bit) and
+counted under `converted/<mode>`; the rest raise `RecordError(reason)` and are skipped and counted.
+
+    summary = prepare("jsonl", src="pairs.jsonl", name="mine", data_dir="/tfds")
+    summary["splits"]["train"] == {"written": 980, "skipped": {"empty_caption": 3, ...},
+                                   "converted": {"converted/CMYK": 2}}
+
+The prepared dataset lives in `data_dir/<format>/<name>/1.0.0/` (ArrayRecord, no TensorFlow), with
+`prepare_summary.json` beside it. Records go to `test` when a hash of their key falls under
+`test_fraction`, so the split is stable however the shards are ordered.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import io
+import json
+import os
+import re
+import zlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+from PIL import Image
+
+# Skip reasons (a record counts once, under the first problem found).
+REASONS = (
+    "empty_image", "undecodable_image", "truncated_image", "decode_error", "image_too_large",
+    "image_too_small", "missing_image", "missing_caption", "empty_caption", "caption_too_long",
+    "non_utf8_caption", "bad_json", "missing_file", "unsafe_path", "member_too_large",
+    "truncated_shard", "unreadable_shard")
+CONVERTED_PREFIX = "converted/"
+SUMMARY_FILE = "prepare_summary.json"
+VERSION = "1.0.0"
+MAX_TOKENIZER_CAPTIONS = 200_000
+
+
+class RecordError(ValueError):
+    """A record that cannot be used; `reason` is one of `REASONS`."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        if reason not in REASONS:
+            raise ValueError(f"unknown skip reason {reason!r}; valid: {REASONS}")
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+class SkipCounter:
+    """Written/skipped/converted counts of one split."""
+
+    def __init__(self):
+        self.written = 0
+        self.skipped: collections.Counter = collections.Counter()
+        self.converted: collections.Counter = collections.Counter()
+
+    def skip(self, reason: str) -> None:
+        if reason not in REASONS:
+            raise ValueError(f"unknown skip reason {reason!r}; valid: {REASONS}")
+        self.skipped[reason] += 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"written": self.written, "skipped": dict(sorted(self.skipped.items())),
+                "converted": dict(sorted(self.converted.items()))}
+
+
+# ----------------------------------------------------------------------------- validation
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB: 16/32-bit gray scaled to 8 bits, transparency composited on white."""
+    mode = img.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        arr = np.asarray(img).astype(np.float64)
+        # 16-bit data (I;16*, or I as PIL opens 16-bit PNGs) spans 0..65535.
+        arr = arr / 257.0 if mode != "F" else arr
+        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8)).convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def decode_image(data: bytes, *, max_pixels: int = 64_000_000,
+                 min_side: int = 1) -> tuple[bytes, str | None]:
+    """Validates encoded image bytes; returns (RGB JPEG/PNG bytes, converted-from mode or None).
+
+    Original bytes are kept when they already are an RGB JPEG or PNG (no re-encoding loss);
+    anything else is converted to RGB and re-encoded (JPEG q95 for JPEG sources, else PNG).
+    The pixel count is checked from the header before decoding (decompression-bomb guard).
+    Raises RecordError with reason empty_image, undecodable_image, image_too_large,
+    image_too_small, truncated_image or decode_error.
+    """
+    if not data:
+        raise RecordError("empty_image")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:  # PIL's own limit (2 x MAX_IMAGE_PIXELS)
+        raise RecordError("image_too_large", str(e)) from e
+    except Exception as e:  # PIL raises many types for garbage
+        raise RecordError("undecodable_image", str(e)) from e
+    w, h = img.size
+    if w * h > max_pixels:
+        raise RecordError("image_too_large", f"{w}x{h} > max_pixels={max_pixels}")
+    if min(w, h) < min_side:
+        raise RecordError("image_too_small", f"{w}x{h} < min_side={min_side}")
+    fmt = img.format
+    try:
+        img.load()
+    except OSError as e:
+        reason = "truncated_image" if "truncated" in str(e) else "decode_error"
+        raise RecordError(reason, str(e)) from e
+    except Exception as e:
+        raise RecordError("decode_error", str(e)) from e
+    if img.mode == "RGB" and fmt in ("JPEG", "PNG") and "transparency" not in img.info:
+        return bytes(data), None
+    rgb, buf = _to_rgb(img), io.BytesIO()
+    if fmt == "JPEG":
+        rgb.save(buf, format="JPEG", quality=95)
+    else:
+        rgb.save(buf, format="PNG")
+    return buf.getvalue(), img.mode
+
+
+def clean_caption(value: Any, *, max_chars: int = 4096) -> str:
+    """Caption bytes/str -> stripped str with whitespace runs collapsed.
+
+    Raises RecordError: missing_caption (None / not text), non_utf8_caption (invalid UTF-8 bytes or
+    lone surrogates from JSON escapes), empty_caption, caption_too_long (> max_chars).
+    """
+    if value is None or not isinstance(value, (str, bytes, bytearray)):
+        raise RecordError("missing_caption", f"got {type(value).__name__}")
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise RecordError("non_utf8_caption", str(e)) from e
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:  # "\ud800" survives json.loads but cannot be stored
+        raise RecordError("non_utf8_caption", str(e)) from e
+    text = re.sub(r"\s+", " ", value).strip()
+    if not text:
+        raise RecordError("empty_caption")
+    if len(text) > max_chars:
+        raise RecordError("caption_too_long", f"{len(text)} > max_chars={max_chars}")
+    return text
+
+
+def in_test_split(key: str, test_fraction: float) -> bool:
+    """Stable key-hash split assignment (crc32, 1e-4 resolution)."""
+    return zlib.crc32(key.encode("utf-8", "surrogatepass")) % 10_000 < test_fraction * 10_000
+
+
+# ----------------------------------------------------------------------------- builder
+
+@dataclasses.dataclass(eq=False)
+class ImageTextConfig(tfds.core.BuilderConfig):
+    """One prepared corpus: `name` is the user's dataset name, `src` where records come from."""
+    src: str = ""
+    image_root: str = ""
+    test_fraction: float = 0.01
+    max_pixels: int = 64_000_000
+    min_side: int = 1
+    max_caption_chars: int = 4096
+    max_member_bytes: int = 64 << 20
+
+
+@dataclasses.dataclass
+class RawRecord:
+    """What a format reader yields: a unique key plus raw fields, or the reason it is unusable."""
+    key: str
+    image: bytes | None = None
+    captions: tuple[Any, ...] = ()
+    error: str | None = None
+
+
+class ImageTextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Base for the wds/jsonl builders; subclasses implement `iter_raw(config, counter)`."""
+
+    VERSION = tfds.core.Version(VERSION)
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls) -> epath.Path:
+        return epath.Path(__file__)  # no checksums file needed: nothing is downloaded
+
+    def __init__(self, *, config: ImageTextConfig, **kwargs):
+        kwargs.setdefault("file_format", "array_record")
+        self.counters: dict[str, SkipCounter] = {}
+        self.caption_sample: list[str] = []  # train captions for the dataset's tokenizer
+        super().__init__(config=config, **kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=f"Image-text pairs prepared from {self.builder_config.src}",
+            features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=(None, None, 3)),
+                "caption": tfds.features.Text(),  # the first caption
+                "captions": tfds.features.Sequence(tfds.features.Text()),  # all of them
+                "key": tfds.features.Text(),
+            }))
+
+    def iter_raw(self, config: ImageTextConfig, counter: SkipCounter) -> Iterator[RawRecord]:
+        raise NotImplementedError
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # local files only
+        splits = {"train": self._generate_examples("train")}
+        if self.builder_config.test_fraction > 0:
+            splits["test"] = self._generate_examples("test")
+        return splits
+
+    def _generate_examples(self, split: str):
+        cfg = self.builder_config
+        counter = self.counters.setdefault(split, SkipCounter())
+        # Source-level problems (truncated shards, bad json lines) count in the train pass only.
+        source_counter = counter if split == "train" else SkipCounter()
+        for raw in self.iter_raw(cfg, source_counter):
+            if (split == "test") != in_test_split(raw.key, cfg.test_fraction):
+                continue
+            if raw.error is not None:
+                counter.skip(raw.error)
+                continue
+            try:
+                example = self._validate(raw, cfg, counter)
+            except RecordError as e:
+                counter.skip(e.reason)
+                continue
+            counter.written += 1
+            if split == "train" and len(self.caption_sample) < MAX_TOKENIZER_CAPTIONS:
+                self.caption_sample.extend(example["captions"])
+            yield raw.key, example
+
+    @staticmethod
+    def _validate(raw: RawRecord, cfg: ImageTextConfig, counter: SkipCounter) -> dict[str, Any]:
+        if raw.image is None:
+            raise RecordError("missing_image")
+        if not raw.captions:
+            raise RecordError("missing_caption")
+        captions, first_error = [], None
+        for value in raw.captions:  # keep the good captions of a multi-caption record
+            try:
+                captions.append(clean_caption(value, max_chars=cfg.max_caption_chars))
+            except RecordError as e:
+                first_error = first_error or e
+        if not captions:
+            raise first_error
+        image, converted = decode_image(raw.image, max_pixels=cfg.max_pixels,
+                                        min_side=cfg.min_side)
+        if converted:
+            counter.converted[CONVERTED_PREFIX + converted] += 1
+        return {"image": image, "caption": captions[0], "captions": captions, "key": raw.key}
+
+
+# ----------------------------------------------------------------------------- prepare
+
+def dataset_dir(data_dir: str, fmt: str, name: str) -> str:
+    """Where `prepare(fmt, name=name, data_dir=data_dir)` stores its files."""
+    return os.path.join(os.fspath(data_dir), fmt, name, VERSION)
+
+
+def read_summary(data_dir: str, fmt: str, name: str) -> dict[str, Any]:
+    path = os.path.join(dataset_dir(data_dir, fmt, name), SUMMARY_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no prepared {fmt} dataset {name!r}: {path} is missing; run "
+                                f"`mmfm data prepare --format {fmt} --name {name} "
+                                f"--data-dir {data_dir} --src ...`")
+    with open(path) as f:
+        return json.load(f)
+
+
+def builder_class(fmt: str) -> type[ImageTextBuilder]:
+    from mmfm.data.builders import jsonl, wds
+    classes = {"wds": wds.WdsImageText, "jsonl": jsonl.JsonlImageText}
+    if fmt not in classes:
+        raise ValueError(f"unknown corpus format {fmt!r}; valid: {sorted(classes)}")
+    return classes[fmt]
+
+
+def prepare(fmt: str, *, src: str, name: str, data_dir: str, vocab_size: int = 8000,
+            **options: Any) -> dict[str, Any]:
+    """Builds `data_dir/<fmt>/<name>/` from `src` unless already there; returns the summary.
+
+    Also trains the dataset's SentencePiece tokenizer (`tokenizer.model` beside the data, at most
+    `vocab_size` pieces) on up to 200k train captions.
+    options: ImageTextConfig fields (image_root, test_fraction, max_pixels, min_side,
+    max_caption_chars, max_member_bytes).
+    """
+    if not re.fullmatch(r"[a-z0-9_]+", name or ""):
+        raise ValueError(f"dataset name {name!r} must be lower-case letters, digits and '_' "
+                         f"(it becomes a directory and a TFDS config name)")
+    valid = {f.name for f in dataclasses.fields(ImageTextConfig)} - {
+        f.name for f in dataclasses.fields(tfds.core.BuilderConfig)} - {"src"}
+    unknown = set(options) - valid
+    if unknown:
+        raise ValueError(f"unknown prepare options {sorted(unknown)}; valid: {sorted(valid)}")
+    summary_path = os.path.join(dataset_dir(data_dir, fmt, name), SUMMARY_FILE)
+    if os.path.isfile(summary_path):
+        return read_summary(data_dir, fmt, name)
+    cls = builder_class(fmt)
+    config = ImageTextConfig(name=name, src=os.fspath(src), description=f"{fmt} corpus {src}",
+                             **options)
+    builder = cls(config=config, data_dir=os.fspath(data_dir))
+    try:
+        builder.download_and_prepare()
+    except AssertionError as e:  # TFDS refuses to write an empty split
+        counts = {s: c.to_dict() for s, c in builder.counters.items()}
+        raise ValueError(f"{fmt} dataset {name!r} from {src!r}: a split got no valid records "
+                         f"(counts so far: {counts}); check --src, or use test_fraction=0 for "
+                         f"a tiny corpus") from e
+    from mmfm.data.tokenizers import train_tokenizer
+    train_tokenizer(builder.caption_sample, os.path.join(dataset_dir(data_dir, fmt, name),
+                                                         "tokenizer.model"), vocab_size=vocab_size)
+    summary = {"format": fmt, "name": name, "src": config.src,
+               "options": {k: getattr(config, k) for k in sorted(valid)},
+               "splits": {s: c.to_dict() for s, c in builder.counters.items()}}
+    total = SkipCounter()
+    for c in builder.counters.values():
+        total.written += c.written
+        total.skipped.update(c.skipped)
+        total.converted.update(c.converted)
+    summary["total"] = total.to_dict()
+    tmp = summary_path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(summary, f, indent=1)
+    os.replace(tmp, summary_path)
+    return summary
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    """A short table: written, then skipped and converted counts by reason."""
+    total = summary["total"]
+    per_split = ", ".join(f"{s} {c['written']}" for s, c in summary["splits"].items())
+    lines = [f"{summary['format']} dataset {summary['name']!r}: written {total['written']} "
+             f"({per_split}), skipped {sum(total['skipped'].values())}"]
+    for kind in ("skipped", "converted"):
+        for reason, count in total[kind].items():
+            lines.append(f"  {kind:<9} {reason:<28} {count:>8}")
+    return "\n".join(lines)
