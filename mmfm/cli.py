@@ -24,15 +24,18 @@ def train_main(argv=None) -> None:
                                         lock_config=True)
         flags.DEFINE_string("workdir", None, "run directory (checkpoints, logs); resumes if it exists")
         flags.DEFINE_integer("max_steps", None, "stop after this step (for tests; schedule unchanged)")
+        from mmfm.train.distributed import define_flags
+        define_flags()  # --coordinator, --num_processes, --process_id, --distributed, timeouts
 
     def main(_argv):
         _setup_logging()
-        from mmfm.train.distributed import maybe_initialize_distributed
+        from mmfm.train.distributed import exit_on_peer_failure, maybe_initialize_distributed
         maybe_initialize_distributed()
         if flags_.config is None or flags_.workdir is None:
             raise app.UsageError("--config and --workdir are required")
         from mmfm.train.loop import train_and_evaluate
-        train_and_evaluate(flags_.config, flags_.workdir, max_steps=flags_.max_steps)
+        with exit_on_peer_failure():
+            train_and_evaluate(flags_.config, flags_.workdir, max_steps=flags_.max_steps)
 
     app.run(main, argv=argv or sys.argv)
 

@@ -44,6 +44,19 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def mesh_preset(name: str, tensor: int = 2) -> dict:
+    """`config.mesh` for 'dp' (-1,1,1), 'fsdp' (1,-1,1) or 'fsdp_tensor' (1,-1,tensor).
+
+    The rules are the defaults of mmfm/sharding.py in every case: the shape picks the strategy.
+    """
+    from mmfm import sharding
+
+    if name not in sharding.MESH_PRESETS:
+        raise ValueError(f"unknown mesh preset {name!r}; valid: {sorted(sharding.MESH_PRESETS)}")
+    shape = (1, -1, tensor) if name == "fsdp_tensor" else sharding.MESH_PRESETS[name]
+    return dict(shape=shape, rules=sharding.DEFAULT_RULES)
+
+
 def apply_tiny(c: ml_collections.ConfigDict) -> None:
     """Seconds on CPU: the mu model, tiny data, a few steps; same code paths as the full run."""
     c.data.image_size = 32

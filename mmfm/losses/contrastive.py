@@ -122,6 +122,38 @@ def _check_batch(image_emb, text_emb, ring: int) -> None:
             f"global batch {image_emb.shape[0]} is not divisible by the {ring} devices of the batch axes")
 
 
+DEFAULT_BLOCK_SIZE = 512  # text rows per logits tile inside a device's block: bounds temp memory
+
+
+def _sub_block(b: int, block_size: int | None) -> int:
+    """Largest divisor of the local batch `b` that is <= block_size (None: the whole block)."""
+    if block_size is None or block_size >= b:
+        return b
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    return max(d for d in range(1, block_size + 1) if b % d == 0)
+
+
+def _tiles(txt_bd: jax.Array, sub: int) -> jax.Array:
+    """`[b, d] -> [b // sub, sub, d]`: the text block as tiles scanned one at a time."""
+    return txt_bd.reshape(txt_bd.shape[0] // sub, sub, txt_bd.shape[1])
+
+
+def _neg_block_sum(img, txt, scale, bias, sub: int) -> jax.Array:
+    """`sum_ij log_sigmoid(-(scale <x_i, y_j> + bias))` over a `[b, b]` block, tile by tile.
+
+    Each `[b, sub]` tile is rematerialised in the backward pass (jax.checkpoint), so neither the
+    forward nor the backward keeps more than one tile: temp memory is O(b * sub), linear in b.
+    """
+    @jax.checkpoint
+    def tile(rows, t):
+        return rows + jnp.sum(jax.nn.log_sigmoid(-(_pair_logits(img, t, scale) + bias)), axis=1), None
+
+    # Per-row partial sums [b]: zeros_like keeps the carry device-varying inside shard_map.
+    rows, _ = jax.lax.scan(tile, jnp.zeros_like(img[:, 0]), _tiles(txt, sub))
+    return jnp.sum(rows)
+
+
 def _shift(x, axes: tuple[str, ...], ring: int):
     """Sends each device's block to the next device of the ring (i -> i + 1)."""
     perm = [(i, (i + 1) % ring) for i in range(ring)]
@@ -144,7 +176,8 @@ def _ring_shard_map(body, mesh: Mesh, axes: tuple[str, ...], n_scalars: int):
 
 def chunked_siglip_loss(image_emb: jax.Array, text_emb: jax.Array, scale, bias, *,
                         mesh: Mesh | None,
-                        batch_axes: str | Sequence[str] = ("data", "fsdp")) -> jax.Array:
+                        batch_axes: str | Sequence[str] = ("data", "fsdp"),
+                        block_size: int | None = DEFAULT_BLOCK_SIZE) -> jax.Array:
     """`siglip_loss` computed on a ring of devices, never forming the `[B, B]` logits.
 
     Device i holds image block `x_i` and text block `y_i` (`[b_local, dim]` each). At step k it
@@ -158,6 +191,10 @@ def chunked_siglip_loss(image_emb: jax.Array, text_emb: jax.Array, scale, bias, 
       scale: scalar multiplier. bias: scalar logit bias.
       mesh: the device mesh; None (or one device along `batch_axes`) falls back to the dense loss.
       batch_axes: mesh axes the batch is split over, jointly (see the module docstring).
+      block_size: text rows per logits tile within a block (the largest divisor of b_local not
+        above it); tiles are recomputed in the backward pass, so per-device temporary memory is
+        O(b_local * block_size + ring * b_local * dim), linear in the global batch. None: whole
+        `[b_local, b_local]` blocks.
 
     Returns:
       Float32 scalar equal to `siglip_loss(image_emb, text_emb, scale, bias)`.
@@ -172,28 +209,22 @@ def chunked_siglip_loss(image_emb: jax.Array, text_emb: jax.Array, scale, bias, 
     def local_sum(img, txt, scale, bias):
         # Cast before the ring: gradients then accumulate in float32 along it, as in the dense loss.
         img, txt = _f32(img), _f32(txt)
-        b = img.shape[0]
-        own = _pair_logits(img, txt, scale) + bias  # [b, b]
-        z = 2.0 * jnp.eye(b, dtype=jnp.float32) - 1.0
-        total = jnp.sum(jax.nn.log_sigmoid(z * own))
+        sub = _sub_block(img.shape[0], block_size)
+        # Own block: every pair as a negative, then swap the diagonal to positives.
+        diag = scale * jnp.sum(img * txt, axis=-1) + bias  # [b]
+        total = _neg_block_sum(img, txt, scale, bias, sub) + jnp.sum(
+            jax.nn.log_sigmoid(diag) - jax.nn.log_sigmoid(-diag))
 
         def step(carry, _):
             txt, total = carry
-            txt = _shift(txt, axes, ring)
-            neg = _pair_logits(img, txt, scale) + bias  # only negatives off the own block
-            return (txt, total + jnp.sum(jax.nn.log_sigmoid(-neg))), None
+            txt = _shift(txt, axes, ring)  # only negatives off the own block
+            return (txt, total + _neg_block_sum(img, txt, scale, bias, sub)), None
 
         (_, total), _ = jax.lax.scan(step, (txt, total), None, length=ring - 1)
         return total
 
     fn = _ring_shard_map(local_sum, mesh, axes, n_scalars=2)
     return -fn(image_emb, text_emb, _f32(scale), _f32(bias)) / global_batch
-
-
-def _lse_init(block: jax.Array, axis: int):
-    """Running (max, sum of exp) of `block` along `axis`; the max carries no gradient."""
-    m = jax.lax.stop_gradient(jnp.max(block, axis=axis))
-    return m, jnp.sum(jnp.exp(block - jnp.expand_dims(m, axis)), axis=axis)
 
 
 def _lse_update(m, s, block: jax.Array, axis: int):
@@ -203,9 +234,31 @@ def _lse_update(m, s, block: jax.Array, axis: int):
     return m_new, s_new
 
 
+def _fold_block(img, txt, scale, row, col, sub: int):
+    """Folds the `[b, b]` logits block of (img, txt) into running logsumexps, tile by tile.
+
+    row: (max, sum) `[b]` over columns (image->text); col: (max, sum) `[b]` of this text block's
+    columns over rows (text->image). Tiles are `[b, sub]` and rematerialised in the backward pass.
+    """
+    @jax.checkpoint
+    def tile(row, xs):
+        t, cm, cs = xs
+        block = _pair_logits(img, t, scale)  # [b, sub]
+        return _lse_update(*row, block, axis=1), _lse_update(cm, cs, block, axis=0)
+
+    n = txt.shape[0] // sub
+    xs = (_tiles(txt, sub), col[0].reshape(n, sub), col[1].reshape(n, sub))
+    row, (cm, cs) = jax.lax.scan(tile, row, xs)
+    return row, (cm.reshape(-1), cs.reshape(-1))
+
+
+_NEG = -1e30  # finite "minus infinity" for empty running maxima (exp underflows to exactly 0)
+
+
 def chunked_clip_loss(image_emb: jax.Array, text_emb: jax.Array, scale, *,
                       mesh: Mesh | None,
-                      batch_axes: str | Sequence[str] = ("data", "fsdp")) -> jax.Array:
+                      batch_axes: str | Sequence[str] = ("data", "fsdp"),
+                      block_size: int | None = DEFAULT_BLOCK_SIZE) -> jax.Array:
     """`clip_loss` computed on a ring of devices, never forming the `[B, B]` logits.
 
     Text blocks travel around the ring together with their column (text->image) running
@@ -220,6 +273,8 @@ def chunked_clip_loss(image_emb: jax.Array, text_emb: jax.Array, scale, *,
       scale: scalar multiplier, `exp(log_temperature)`.
       mesh: the device mesh; None (or one device along `batch_axes`) falls back to the dense loss.
       batch_axes: mesh axes the batch is split over, jointly (see the module docstring).
+      block_size: text columns per logits tile (as in `chunked_siglip_loss`): temp memory linear
+        in the global batch.
 
     Returns:
       Float32 scalar equal to `clip_loss(image_emb, text_emb, scale)`.
@@ -234,21 +289,18 @@ def chunked_clip_loss(image_emb: jax.Array, text_emb: jax.Array, scale, *,
     def local_sum(img, txt, scale):
         img, txt = _f32(img), _f32(txt)
         diag = scale * jnp.sum(img * txt, axis=-1)  # [b] positives, all local
-        own = _pair_logits(img, txt, scale)  # [b, b]
-        row_m, row_s = _lse_init(own, axis=1)
-        col_m, col_s = _lse_init(own, axis=0)
+        sub = _sub_block(img.shape[0], block_size)
+        empty = (jnp.full_like(diag, _NEG), jnp.zeros_like(diag))  # device-varying carries
+        row, col = _fold_block(img, txt, scale, empty, empty, sub)
 
         def step(carry, _):
-            txt, col_m, col_s, row_m, row_s = carry
-            txt, col_m, col_s = _shift((txt, col_m, col_s), axes, ring)
-            block = _pair_logits(img, txt, scale)
-            row_m, row_s = _lse_update(row_m, row_s, block, axis=1)
-            col_m, col_s = _lse_update(col_m, col_s, block, axis=0)
-            return (txt, col_m, col_s, row_m, row_s), None
+            txt, col, row = carry
+            txt, col = _shift((txt, col), axes, ring)
+            row, col = _fold_block(img, txt, scale, row, col, sub)
+            return (txt, col, row), None
 
-        carry = (txt, col_m, col_s, row_m, row_s)
-        (_, col_m, col_s, row_m, row_s), _ = jax.lax.scan(step, carry, None, length=ring - 1)
-        col_m, col_s = _shift((col_m, col_s), axes, ring)  # back to the owner of the text block
+        (_, col, row), _ = jax.lax.scan(step, (txt, col, row), None, length=ring - 1)
+        (col_m, col_s), (row_m, row_s) = _shift(col, axes, ring), row  # home to the text's owner
         i2t = row_m + jnp.log(row_s) - diag
         t2i = col_m + jnp.log(col_s) - diag
         return jnp.sum(i2t) + jnp.sum(t2i)
@@ -264,7 +316,8 @@ def chunked_clip_loss(image_emb: jax.Array, text_emb: jax.Array, scale, *,
 
 def contrastive_loss(kind: str, image_emb: jax.Array, text_emb: jax.Array, scale, bias=None, *,
                      mesh: Mesh | None = None, chunked: bool = False,
-                     batch_axes: str | Sequence[str] = ("data", "fsdp")) -> jax.Array:
+                     batch_axes: str | Sequence[str] = ("data", "fsdp"),
+                     block_size: int | None = DEFAULT_BLOCK_SIZE) -> jax.Array:
     """Picks a contrastive loss by name.
 
     Args:
@@ -274,19 +327,21 @@ def contrastive_loss(kind: str, image_emb: jax.Array, text_emb: jax.Array, scale
         `'clip'`, where a constant added to every logit cancels in the softmax.
       mesh, batch_axes: used when `chunked` (see `chunked_siglip_loss`).
       chunked: use the ring implementation (same value, no `[B, B]` matrix per device).
+      block_size: logits tile width of the chunked losses (see `chunked_siglip_loss`).
 
     Returns:
       Float32 scalar.
     """
     if kind == "clip":
         if chunked:
-            return chunked_clip_loss(image_emb, text_emb, scale, mesh=mesh, batch_axes=batch_axes)
+            return chunked_clip_loss(image_emb, text_emb, scale, mesh=mesh, batch_axes=batch_axes,
+                                     block_size=block_size)
         return clip_loss(image_emb, text_emb, scale)
     if kind == "siglip":
         if bias is None:
             raise ValueError("contrastive_loss('siglip', ...) needs a bias")
         if chunked:
             return chunked_siglip_loss(image_emb, text_emb, scale, bias, mesh=mesh,
-                                       batch_axes=batch_axes)
+                                       batch_axes=batch_axes, block_size=block_size)
         return siglip_loss(image_emb, text_emb, scale, bias)
     raise ValueError(f"unknown contrastive loss kind {kind!r}; valid kinds: {CONTRASTIVE_KINDS}")

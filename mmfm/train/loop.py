@@ -52,25 +52,19 @@ def objective_config(config) -> ObjectiveConfig:
 
 
 def check_batch(config, mesh) -> None:
-    batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
-    if config.batch_size % batch_devices:
-        raise ValueError(f"batch_size {config.batch_size} is not divisible by the {batch_devices} "
-                         f"devices of the mesh's batch axes (data x fsdp = {dict(mesh.shape)})")
-    if config.batch_size % jax.process_count():
-        raise ValueError(f"batch_size {config.batch_size} is not divisible by the "
-                         f"{jax.process_count()} processes")
+    sh.check_batch_axes(mesh, config.batch_size)
 
 
 class Trainer:
     """Holds what a run builds once: data, model, mesh, shardings and the jitted step."""
 
-    def __init__(self, config, workdir: str):
+    def __init__(self, config, workdir: str, *, mesh: Optional[jax.sharding.Mesh] = None):
+        """`mesh` overrides `config.mesh.shape` (e.g. a one-device reference run in tests)."""
         from mmfm.data.pipeline import build_data  # data deps load only when training
 
         self.config, self.workdir = config, workdir
-        self.mesh = sh.make_mesh(tuple(config.mesh.shape))
-        self.rules = tuple((k, tuple(v) if isinstance(v, (list, tuple)) else v)
-                           for k, v in config.mesh.rules)
+        self.mesh, self.rules = sh.mesh_from_config(config.mesh) if mesh is None else (
+            mesh, sh.normalize_rules(config.mesh.rules))
         check_batch(config, self.mesh)
         self.obj = objective_config(config)
         self.local_batch = config.batch_size // jax.process_count()
@@ -84,7 +78,7 @@ class Trainer:
                                       jax.random.PRNGKey(0))
         self.tx, self.lr_fn = optim.make_optimizer(config.optim, config.total_steps, abstract)
         self.state_sharding = state_shardings(self.model, self.tx, self.mesh, self.rules)
-        self.batch_sharding = NamedSharding(self.mesh, sh.batch_spec())
+        self.batch_sharding = sh.batch_sharding(self.mesh)
         tok = self.tokenizer
         self.step_cfg = StepConfig(
             model=self.model, tx=self.tx, lr_fn=self.lr_fn, objective=self.obj,

@@ -9,6 +9,7 @@ import jax
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from mmfm import sharding as sh
 from mmfm.models.multimodal import TwoTower, init_params
 
 
@@ -30,8 +31,8 @@ def create_state(rng: jax.Array, *, model: TwoTower, tx: optax.GradientTransform
 def param_shardings(model: TwoTower, mesh, rules):
     """NamedShardings of the (unboxed) params, from logical names on an abstract init."""
     boxed = jax.eval_shape(lambda r: init_params(model, r), jax.random.PRNGKey(0))
-    specs = nn.get_partition_spec(boxed)
-    return nn.logical_to_mesh_sharding(specs, mesh, rules)
+    # Dimensions the mesh cannot split evenly (e.g. an odd vocabulary over 'tensor') replicate.
+    return sh.boxed_shardings(boxed, mesh, rules)
 
 
 def state_shardings(model: TwoTower, tx, mesh, rules) -> TrainState:
