@@ -16,10 +16,9 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import NamedSharding
 
 from mmfm import sharding as sh
-from mmfm.losses.objective import ObjectiveConfig
+from mmfm.losses.objective import ObjectiveConfig, check_model_fits
 from mmfm.models.config import ModelConfig, model_config_from_dict
 from mmfm.models.multimodal import TwoTower, init_params
 from mmfm.train import optim
@@ -67,6 +66,8 @@ class Trainer:
             mesh, sh.normalize_rules(config.mesh.rules))
         check_batch(config, self.mesh)
         self.obj = objective_config(config)
+        # Validate the model against the objective before any data is prepared (fail fast).
+        check_model_fits(self.obj, model_config(config))
         self.local_batch = config.batch_size // jax.process_count()
         self.data = build_data(config.data, batch_size=self.local_batch, seed=config.seed,
                                shard_index=jax.process_index(), shard_count=jax.process_count())
@@ -161,6 +162,7 @@ def train_and_evaluate(config, workdir: str, *, max_steps: Optional[int] = None)
                 metrics = jax.device_get(metrics)  # the only host sync, at log intervals
                 now = time.perf_counter()
                 metrics["samples_per_sec"] = config.batch_size * config.log_every / max(now - t_log, 1e-9)
+                metrics.update(it.skip_counts())  # corrupt/skipped records, by reason
                 t_log = now
                 rec = writer.write(done, metrics)
                 writer.progress(done, rec, config.batch_size)
