@@ -22,8 +22,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m mmfm.train --config experiments/configs/demo.py --workdir $(WORKDIR) --config.data.dir=$(DATA_DIR)
 
+# Notebooks share one tiny trained model, built fresh in a temp dir each run (MMFM_NOTEBOOK_DIR);
+# the nbmake timeout is per notebook (the first one to run trains the shared model).
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile tests notebooks --nbmake
+	MMFM_NOTEBOOK_DIR=$$(mktemp -d) $(PY) -m pytest -q -n 2 --dist loadfile tests notebooks --nbmake --nbmake-timeout=900
 
 bench: $(STAMP)
 	$(PY) benchmarks/train_step.py
