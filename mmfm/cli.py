@@ -50,7 +50,12 @@ def convert_main() -> None:
     run()
 
 
-COMMANDS = {"train": train_main, "export": export_main, "convert": convert_main}
+def eval_main() -> None:
+    from mmfm.evals.standalone import eval_main as run
+    run()
+
+
+COMMANDS = {"train": train_main, "eval": eval_main, "export": export_main, "convert": convert_main}
 
 
 def data_main() -> None:

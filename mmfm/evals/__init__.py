@@ -3,6 +3,15 @@
 retrieval: recall@K in both directions (several captions per image), blocked and shardable.
 zeroshot: prompt-ensembled class embeddings and top-k zero-shot accuracy.
 linear_probe: multinomial logistic regression (L-BFGS in JAX), full and few-shot probes.
+
+Built on these (import the modules directly; they load TFDS/flax models):
+  evaluators: `config.evals.evaluators` -> Evaluator objects (zeroshot, retrieval, linear_probe,
+    few_shot, mae_pictures) run during training (runner.run_evals) and by `mmfm eval` (standalone).
+  model_io.EvalModel: params + preprocessing + tokenizer from a checkpoint, a trainer or the zoo.
+  datasets: named eval datasets (cifar10/100, imagenet2012, coco_captions, captioned_shapes) and
+    the shipped class names / prompt templates (mmfm/evals/data/*.json).
+  pictures: PIL grids of top retrievals and MAE reconstructions.
+  finetune: image-tower fine-tuning with a classification head (+ its linear-probe baseline).
 """
 from mmfm.evals.linear_probe import (few_shot_probe, fit_logreg, linear_probe, predict_logreg,
                                      sample_few_shot, standardize)

@@ -43,16 +43,18 @@ def standardize(train_x, *others):
                for x in (train_x, *others))
 
 
-def _objective(params, x_nd, y_n, l2):
+def _objective(params, x_nd, y_n, w_n, l2):
   logits = x_nd @ params["w"] + params["b"]
-  ce = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y_n[:, None], axis=1))
+  ce_n = -jnp.take_along_axis(jax.nn.log_softmax(logits), y_n[:, None], axis=1)[:, 0]
+  # Weighted mean: weight-0 rows (padding, see few_shot_probe) contribute nothing.
+  ce = jnp.sum(w_n * ce_n) / jnp.sum(w_n)
   return ce + 0.5 * l2 * jnp.sum(params["w"] ** 2)
 
 
 @functools.partial(jax.jit, static_argnames=("max_iter",))
-def _lbfgs(params, x_nd, y_n, l2, tol, *, max_iter):
+def _lbfgs(params, x_nd, y_n, w_n, l2, tol, *, max_iter):
   """L-BFGS until `||grad||_2 < tol` or `max_iter` steps. Returns (params, steps, grad norm)."""
-  fun = functools.partial(_objective, x_nd=x_nd, y_n=y_n, l2=l2)
+  fun = functools.partial(_objective, x_nd=x_nd, y_n=y_n, w_n=w_n, l2=l2)
   opt = optax.lbfgs()
   # Reuses the value/grad the line search already computed at the accepted point.
   value_and_grad = optax.value_and_grad_from_state(fun)
@@ -75,7 +77,7 @@ def _lbfgs(params, x_nd, y_n, l2, tol, *, max_iter):
 
 
 def fit_logreg(x, y, num_classes: int, l2: float, *, max_iter: int = 1000, tol: float = 1e-5,
-               init: dict | None = None) -> dict:
+               init: dict | None = None, weights=None) -> dict:
   """Fits multinomial logistic regression (objective in the module docstring).
 
   Args:
@@ -86,6 +88,8 @@ def fit_logreg(x, y, num_classes: int, l2: float, *, max_iter: int = 1000, tol: 
     max_iter: L-BFGS iteration cap.
     tol: stop when the L2 norm of the gradient is below this.
     init: optional warm start `{"w", "b"}`.
+    weights: optional `[n]` example weights (default 1); the mean CE becomes
+      `sum_i w_i CE_i / sum_i w_i`. Weight-0 rows pad inputs to a shape that is already compiled.
 
   Returns:
     `{"w": [D, C], "b": [C], "steps": int, "grad_norm": float}` (w, b as jax float32 arrays).
@@ -96,7 +100,8 @@ def fit_logreg(x, y, num_classes: int, l2: float, *, max_iter: int = 1000, tol: 
     init = {"w": jnp.zeros((x.shape[1], num_classes), jnp.float32),
             "b": jnp.zeros((num_classes,), jnp.float32)}
   init = {"w": jnp.asarray(init["w"], jnp.float32), "b": jnp.asarray(init["b"], jnp.float32)}
-  params, steps, grad_norm = _lbfgs(init, x, y, jnp.float32(l2), jnp.float32(tol),
+  w = jnp.ones(x.shape[0], jnp.float32) if weights is None else jnp.asarray(weights, jnp.float32)
+  params, steps, grad_norm = _lbfgs(init, x, y, w, jnp.float32(l2), jnp.float32(tol),
                                     max_iter=max_iter)
   return {**params, "steps": int(steps), "grad_norm": float(grad_norm)}
 
@@ -211,12 +216,17 @@ def few_shot_probe(train_x, train_y, test_x, test_y, *, shots: Sequence[int] = (
   if num_classes is None:
     num_classes = int(max(train_y.max(), test_y.max())) + 1
   out = {}
+  # Every fit is padded to the largest sample with weight-0 rows: one compile for all shots/seeds.
+  rows = max(int(np.minimum(np.bincount(train_y, minlength=num_classes), k).sum()) for k in shots)
   for k in shots:
     accs, short = [], ()
     for seed in seeds:
       idx, short = sample_few_shot(train_y, k, seed, num_classes)
       xs, test_xs = standardize(train_x[idx], test_x)
-      params = fit_logreg(xs, train_y[idx], num_classes, l2, max_iter=max_iter)
+      pad = rows - len(idx)
+      params = fit_logreg(np.pad(xs, ((0, pad), (0, 0))), np.pad(train_y[idx], (0, pad)),
+                          num_classes, l2, max_iter=max_iter,
+                          weights=np.r_[np.ones(len(idx)), np.zeros(pad)])
       accs.append(_accuracy(params, test_xs, test_y))
     if short:
       warnings.warn(f"{k}-shot: classes {list(short)} have fewer than {k} train examples; "

@@ -40,7 +40,11 @@ def state_shardings(model: TwoTower, tx, mesh, rules) -> TrainState:
     p_sh = param_shardings(model, mesh, rules)
     abstract_params = jax.eval_shape(lambda r: nn.meta.unbox(init_params(model, r)), jax.random.PRNGKey(0))
     replicated = NamedSharding(mesh, P())
+    # Frozen parameters (optim.freeze -> optax.multi_transform) hold MaskedNode placeholders in the
+    # state of the other transforms; they stay placeholders here.
+    masked = lambda x: isinstance(x, optax.MaskedNode)
     opt_sh = optax.tree_utils.tree_map_params(
-        tx, lambda _, s: s, jax.eval_shape(tx.init, abstract_params), p_sh,
-        transform_non_params=lambda _: replicated, is_leaf=lambda x: isinstance(x, NamedSharding))
+        tx, lambda v, s: v if masked(v) else s, jax.eval_shape(tx.init, abstract_params), p_sh,
+        transform_non_params=lambda _: replicated,
+        is_leaf=lambda x: isinstance(x, NamedSharding) or masked(x))
     return TrainState(step=replicated, params=p_sh, opt_state=opt_sh, rng=replicated)

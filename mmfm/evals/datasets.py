@@ -1,0 +1,226 @@
+"""Named evaluation datasets: labelled images for classification and captioned images for retrieval.
+
+    data = load_classification("cifar10", "test", data_dir=D)      # ClassificationData
+    data = load_retrieval("coco_captions", "test", data_dir=D)      # RetrievalData
+
+Catalog datasets are read with `tfds.data_source` (ArrayRecord, random access, no TensorFlow);
+prepare them with `tfds.builder(name, data_dir=D, file_format="array_record").download_and_prepare()`.
+`captioned_shapes` is built on demand from the evaluator's own size settings.
+
+Class names and prompt templates of catalog datasets live in `mmfm/evals/data/<name>.json`
+(`load_prompts`). Images stay undecoded records until encoding (`ImageSource`), so a 50k-image
+split is never held in memory as pixels.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+__all__ = ["CLASSIFICATION", "RETRIEVAL", "ClassificationData", "ImageSource", "RetrievalData",
+           "load_classification", "load_prompts", "load_retrieval", "prompts_path"]
+
+_DATA = os.path.join(os.path.dirname(__file__), "data")
+# name -> {split alias: TFDS split}. "test" means the split used for reporting.
+CLASSIFICATION = {
+    "cifar10": {"test": "test", "train": "train"},
+    "cifar100": {"test": "test", "train": "train"},
+    "imagenet2012": {"test": "validation", "validation": "validation", "train": "train"},
+    "captioned_shapes": {"test": "test", "train": "train"},
+}
+# coco_captions: the Karpathy splits (5k val / 5k test images, ~5 captions each).
+RETRIEVAL = {
+    "coco_captions": {"test": "test", "val": "val", "train": "train", "restval": "restval"},
+    "captioned_shapes": {"test": "test", "train": "train"},
+}
+SHAPES_KEYS = ("image_size", "num_train", "num_test", "seed")
+
+
+@dataclasses.dataclass
+class ImageSource:
+    """Lazy images: `len`, and `images(indices)` -> list of raw images (arrays, PIL or bytes)."""
+    source: Any
+    indices: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def images(self, positions: Sequence[int]) -> list:
+        return [self.source[int(self.indices[p])]["image"] for p in positions]
+
+
+@dataclasses.dataclass
+class ClassificationData:
+    images: ImageSource
+    labels: np.ndarray  # int32 [n]
+    classnames: tuple[str, ...]
+    templates: tuple[str, ...]
+
+
+@dataclasses.dataclass
+class RetrievalData:
+    images: ImageSource
+    captions: list[str]  # [Nt]
+    text_to_image: np.ndarray  # int32 [Nt], index into images
+
+
+def prompts_path(name: str) -> str:
+    return os.path.join(_DATA, f"{name}.json")
+
+
+def load_prompts(name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(class names, prompt templates) shipped for a catalog dataset."""
+    path = prompts_path(name)
+    if not os.path.isfile(path):
+        have = sorted(f[:-5] for f in os.listdir(_DATA) if f.endswith(".json"))
+        raise FileNotFoundError(f"no class names / templates for dataset {name!r} ({path}); "
+                                f"shipped: {have}")
+    with open(path) as f:
+        meta = json.load(f)
+    names, templates = tuple(meta["classnames"]), tuple(meta["templates"])
+    bad = [t for t in templates if t.count("{}") != 1]
+    if bad:
+        raise ValueError(f"{path}: templates need exactly one '{{}}': {bad}")
+    return names, templates
+
+
+def _split(table: dict, name: str, split: str, kind: str) -> str:
+    if name not in table:
+        raise ValueError(f"unknown {kind} dataset {name!r}; available: {sorted(table)}")
+    if split not in table[name]:
+        raise ValueError(f"dataset {name!r} has no split {split!r}; valid: {sorted(table[name])}")
+    return table[name][split]
+
+
+def _take(n: int, max_examples: Optional[int]) -> np.ndarray:
+    return np.arange(n if not max_examples else min(n, int(max_examples)))
+
+
+def _shapes_source(split: str, data_dir: Optional[str], shapes: Optional[dict]):
+    from mmfm.data import synthetic
+
+    if not data_dir:
+        raise ValueError("captioned_shapes evaluation needs data_dir (the evaluator's data_dir or "
+                         "config.data.dir)")
+    shapes = dict(shapes or {})
+    unknown = sorted(set(shapes) - set(SHAPES_KEYS))
+    if unknown:
+        raise ValueError(f"captioned_shapes settings {unknown} unknown; valid: {list(SHAPES_KEYS)}")
+    return synthetic.prepare_captioned_shapes(data_dir, **shapes).as_data_source(split=split)
+
+
+def _tfds_source(name: str, split: str, data_dir: Optional[str]):
+    import tensorflow_datasets as tfds
+
+    if name == "coco_captions":
+        builder = coco_captions_builder(data_dir)
+        return builder.as_data_source(split=split)
+    return tfds.data_source(name, split=split, data_dir=data_dir)
+
+
+def load_classification(name: str, split: str = "test", *, data_dir: Optional[str] = None,
+                        max_examples: Optional[int] = None, label_key: Optional[str] = None,
+                        shapes: Optional[dict] = None) -> ClassificationData:
+    """Labelled images of a named dataset.
+
+    For captioned_shapes, `label_key` is an attribute ("shape" or "color", default "shape") and only
+    single-object images are kept (the label describes the only object); class names and templates
+    come from `mmfm.data.synthetic.ZEROSHOT`. `shapes` holds its size settings (image_size, ...).
+    """
+    tfds_split = _split(CLASSIFICATION, name, split, "classification")
+    if name == "captioned_shapes":
+        from mmfm.data.synthetic import ZEROSHOT
+
+        key = label_key or "shape"
+        if key not in ZEROSHOT:
+            raise ValueError(f"captioned_shapes label_key {key!r}; valid: {sorted(ZEROSHOT)}")
+        src = _shapes_source(tfds_split, data_dir, shapes)
+        idx = _take(len(src), max_examples)
+        rows = [src[int(i)] for i in idx]
+        keep = np.array([int(r["num_objects"]) == 1 for r in rows])
+        labels = np.array([int(r[key]) for r in rows], np.int32)[keep]
+        names, templates = ZEROSHOT[key]
+        return ClassificationData(ImageSource(src, idx[keep]), labels, tuple(names), tuple(templates))
+    key = label_key or "label"
+    src = _tfds_source(name, tfds_split, data_dir)
+    idx = _take(len(src), max_examples)
+    labels = np.array([int(src[int(i)][key]) for i in idx], np.int32)
+    names, templates = load_prompts(name)
+    if labels.size and labels.max() >= len(names):
+        raise ValueError(f"{name}/{split}: label {labels.max()} but {prompts_path(name)} lists "
+                         f"{len(names)} classes")
+    return ClassificationData(ImageSource(src, idx), labels, names, templates)
+
+
+def _texts(value) -> list[str]:
+    values = np.asarray(value).reshape(-1).tolist()
+    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
+
+
+def load_retrieval(name: str, split: str = "test", *, data_dir: Optional[str] = None,
+                   max_examples: Optional[int] = None, shapes: Optional[dict] = None,
+                   caption_fn: Optional[Callable[[dict], list[str]]] = None) -> RetrievalData:
+    """Images with one or more captions each (COCO: `captions/text`; captioned_shapes: `caption`)."""
+    tfds_split = _split(RETRIEVAL, name, split, "retrieval")
+    if name == "captioned_shapes":
+        src = _shapes_source(tfds_split, data_dir, shapes)
+    else:
+        src = _tfds_source(name, tfds_split, data_dir)
+    idx = _take(len(src), max_examples)
+    captions, t2i = [], []
+    for j, i in enumerate(idx):
+        record = src[int(i)]
+        if caption_fn is not None:
+            texts = caption_fn(record)
+        elif "captions" in record:
+            texts = _texts(record["captions"]["text"])
+        else:
+            texts = _texts(record["caption"])
+        if not texts:
+            raise ValueError(f"{name}/{split} example {int(i)} has no caption")
+        captions += texts
+        t2i += [j] * len(texts)
+    return RetrievalData(ImageSource(src, idx), captions, np.asarray(t2i, np.int32))
+
+
+def coco_captions_builder(data_dir: Optional[str] = None):
+    """The TFDS coco_captions builder without its one TensorFlow dependency.
+
+    TFDS's `Coco._info` declares `'image/id': tf.int64`, so the stock builder cannot even be
+    constructed without TensorFlow. This subclass declares the same features with numpy dtypes,
+    so it reads a coco_captions/2014 directory prepared by TFDS (and `tfds.testing.mock_data`).
+    """
+    return _coco_class()(data_dir=data_dir, file_format="array_record")
+
+
+_COCO_CLS = None
+
+
+def _coco_class():
+    global _COCO_CLS
+    if _COCO_CLS is not None:
+        return _COCO_CLS
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.object_detection import coco_captions
+
+    class CocoCaptions(coco_captions.CocoCaptions, skip_registration=True):
+        name = "coco_captions"
+
+        def _info(self):
+            features = {
+                "image": tfds.features.Image(encoding_format="jpeg"),
+                "image/filename": tfds.features.Text(),
+                "image/id": np.int64,
+                "objects": tfds.features.Sequence({
+                    "id": np.int64, "area": np.int64, "bbox": tfds.features.BBoxFeature(),
+                    "label": tfds.features.ClassLabel(num_classes=80), "is_crowd": np.bool_}),
+                "captions": tfds.features.Sequence({"text": np.str_, "id": np.int64}),
+            }
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features),
+                                         homepage="http://cocodataset.org/#home")
+
+    _COCO_CLS = CocoCaptions
+    return CocoCaptions
