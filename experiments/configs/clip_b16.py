@@ -1,8 +1,8 @@
 """CLIP ViT-B/16 (Radford et al. 2021): softmax InfoNCE, class-token pooling, causal text tower.
 
 Run (TPU v4-64 / 8x H100; global batch 32k as in the paper, 16k fits a v4-32):
-  python -m mmfm.train --config experiments/configs/clip_b16.py --workdir gs://BUCKET/clip_b16 \
-      --config.data.name=wds --config.data.dir=gs://BUCKET/tfds
+  python -m mmfm.train --config experiments/configs/clip_b16.py --workdir /mnt/gcs/runs/clip_b16 \
+      --config.data.name=wds --config.data.dir=/mnt/gcs/tfds
 Smoke test on CPU:
   python -m mmfm.train --config experiments/configs/clip_b16.py:tiny --workdir /tmp/clip_tiny
 """

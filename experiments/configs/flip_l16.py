@@ -1,8 +1,8 @@
 """FLIP ViT-L/16 (Li et al. 2023): CLIP with 50% of image patches dropped, 2x faster per step.
 
 Run (TPU v4-128 / 16x H100; batch 32k as in the paper):
-  python -m mmfm.train --config experiments/configs/flip_l16.py --workdir gs://BUCKET/flip_l16 \
-      --config.data.name=wds --config.data.dir=gs://BUCKET/tfds
+  python -m mmfm.train --config experiments/configs/flip_l16.py --workdir /mnt/gcs/runs/flip_l16 \
+      --config.data.name=wds --config.data.dir=/mnt/gcs/tfds
 Smoke test on CPU:
   python -m mmfm.train --config experiments/configs/flip_l16.py:tiny --workdir /tmp/flip_tiny
 """

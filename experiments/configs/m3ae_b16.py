@@ -2,8 +2,8 @@
 
 MAE on 75% masked patches + MLM on 50% masked tokens (bidirectional text tower with a tied head).
 Run (TPU v4-32):
-  python -m mmfm.train --config experiments/configs/m3ae_b16.py --workdir gs://BUCKET/m3ae_b16 \
-      --config.data.name=wds --config.data.dir=gs://BUCKET/tfds
+  python -m mmfm.train --config experiments/configs/m3ae_b16.py --workdir /mnt/gcs/runs/m3ae_b16 \
+      --config.data.name=wds --config.data.dir=/mnt/gcs/tfds
 Smoke test on CPU:
   python -m mmfm.train --config experiments/configs/m3ae_b16.py:tiny --workdir /tmp/m3ae_tiny
 """

@@ -3,8 +3,8 @@
 The contrastive and MLM weights are 0, so the text tower is never run (it still exists in the
 parameter tree: the same trainer, one objective). 8-block 512-wide decoder as in the paper.
 Run (TPU v4-32; batch 4096 as in the paper):
-  python -m mmfm.train --config experiments/configs/mae_b16.py --workdir gs://BUCKET/mae_b16 \
-      --config.data.name=imagenet2012 --config.data.dir=gs://BUCKET/tfds
+  python -m mmfm.train --config experiments/configs/mae_b16.py --workdir /mnt/gcs/runs/mae_b16 \
+      --config.data.name=imagenet2012 --config.data.dir=/mnt/gcs/tfds
 Smoke test on CPU:
   python -m mmfm.train --config experiments/configs/mae_b16.py:tiny --workdir /tmp/mae_tiny
 """

@@ -3,8 +3,8 @@
 patch_drop == mae_ratio == 0.5, so one image-encoder pass on the kept half serves both the
 contrastive and the reconstruction loss (FLIP-style speed), and the MAE decoder reconstructs the rest.
 Run (TPU v4-64):
-  python -m mmfm.train --config experiments/configs/mmfm_b16.py --workdir gs://BUCKET/mmfm_b16 \
-      --config.data.name=wds --config.data.dir=gs://BUCKET/tfds
+  python -m mmfm.train --config experiments/configs/mmfm_b16.py --workdir /mnt/gcs/runs/mmfm_b16 \
+      --config.data.name=wds --config.data.dir=/mnt/gcs/tfds
 Smoke test on CPU:
   python -m mmfm.train --config experiments/configs/mmfm_b16.py:tiny --workdir /tmp/mmfm_tiny
 """

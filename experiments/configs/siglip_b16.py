@@ -1,8 +1,8 @@
 """SigLIP ViT-B/16 (Zhai et al. 2023): sigmoid loss with learned bias, MAP pooling, ring-chunked.
 
 Run (TPU v4-32, global batch 32k as in the paper):
-  python -m mmfm.train --config experiments/configs/siglip_b16.py --workdir gs://BUCKET/siglip_b16 \
-      --config.data.name=wds --config.data.dir=gs://BUCKET/tfds
+  python -m mmfm.train --config experiments/configs/siglip_b16.py --workdir /mnt/gcs/runs/siglip_b16 \
+      --config.data.name=wds --config.data.dir=/mnt/gcs/tfds
 Smoke test on CPU:
   python -m mmfm.train --config experiments/configs/siglip_b16.py:tiny --workdir /tmp/siglip_tiny
 """
