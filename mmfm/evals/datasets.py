@@ -112,13 +112,19 @@ def _shapes_source(split: str, data_dir: Optional[str], shapes: Optional[dict]):
     return synthetic.prepare_captioned_shapes(data_dir, **shapes).as_data_source(split=split)
 
 
-def _tfds_source(name: str, split: str, data_dir: Optional[str]):
+def _tfds_source(name: str, split: str, tfds_split: str, data_dir: Optional[str]):
+    """Random-access records; classification sets go through the data catalog's adapter."""
     import tensorflow_datasets as tfds
 
-    if name == "coco_captions":
-        builder = coco_captions_builder(data_dir)
-        return builder.as_data_source(split=split)
-    return tfds.data_source(name, split=split, data_dir=data_dir)
+    from mmfm.data import catalog
+
+    data_dir = data_dir or None
+    if name == "coco_captions":  # Karpathy "test" here; the TF-free builder also reads mock data
+        return coco_captions_builder(data_dir).as_data_source(split=tfds_split)
+    spec = catalog.CATALOG.get(name)
+    if spec is not None and spec.splits.get(split) == tfds_split:
+        return catalog.open_catalog(name, data_dir, split)[0]
+    return tfds.data_source(name, split=tfds_split, data_dir=data_dir)
 
 
 def load_classification(name: str, split: str = "test", *, data_dir: Optional[str] = None,
@@ -145,7 +151,7 @@ def load_classification(name: str, split: str = "test", *, data_dir: Optional[st
         names, templates = ZEROSHOT[key]
         return ClassificationData(ImageSource(src, idx[keep]), labels, tuple(names), tuple(templates))
     key = label_key or "label"
-    src = _tfds_source(name, tfds_split, data_dir)
+    src = _tfds_source(name, split, tfds_split, data_dir)
     idx = _take(len(src), max_examples)
     labels = np.array([int(src[int(i)][key]) for i in idx], np.int32)
     names, templates = load_prompts(name)
@@ -168,7 +174,7 @@ def load_retrieval(name: str, split: str = "test", *, data_dir: Optional[str] = 
     if name == "captioned_shapes":
         src = _shapes_source(tfds_split, data_dir, shapes)
     else:
-        src = _tfds_source(name, tfds_split, data_dir)
+        src = _tfds_source(name, split, tfds_split, data_dir)
     idx = _take(len(src), max_examples)
     captions, t2i = [], []
     for j, i in enumerate(idx):
