@@ -37,7 +37,14 @@ def train_main(argv=None) -> None:
         with exit_on_peer_failure():
             train_and_evaluate(flags_.config, flags_.workdir, max_steps=flags_.max_steps)
 
-    app.run(main, argv=argv or sys.argv)
+    argv = argv or sys.argv
+    try:  # ml_collections reports an unknown override as a bare AttributeError: check first
+        from mmfm.config_utils import check_argv
+        check_argv(argv)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    app.run(main, argv=argv)
 
 
 def export_main() -> None:
