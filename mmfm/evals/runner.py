@@ -127,6 +127,18 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def eval_schedule(config):
+    """step -> whether the loop evaluates: the end, `eval_every`, or a named evaluator's `every`."""
+    from mmfm.evals import evaluators as evaluators_lib
+    named = evaluators_lib.build_evaluators(config.evals)  # parsed once, not per step
+
+    def due(step: int) -> bool:
+        if step == config.total_steps or (config.eval_every and step % config.eval_every == 0):
+            return True
+        return any(e.due(step, config.total_steps) for e in named)
+    return due
+
+
 def run_evals(trainer, state, writer, step: int) -> dict:
     """Evaluate the trainer's current params; log, print and write `eval.json` (main process).
 

@@ -135,9 +135,10 @@ class _MeshContext:
 def train_and_evaluate(config, workdir: str, *, max_steps: Optional[int] = None) -> dict:
     """Run (or resume) training in `workdir`; returns the final eval results."""
     from mmfm import checkpoint
-    from mmfm.evals.runner import run_evals
+    from mmfm.evals.runner import eval_schedule, run_evals
 
     os.makedirs(workdir, exist_ok=True)
+    evals_due = eval_schedule(config)
     tr = Trainer(config, workdir)
     is_main = jax.process_index() == 0
     ckpt = checkpoint.Checkpointer(workdir, config, tr)
@@ -166,7 +167,7 @@ def train_and_evaluate(config, workdir: str, *, max_steps: Optional[int] = None)
                 t_log = now
                 rec = writer.write(done, metrics)
                 writer.progress(done, rec, config.batch_size)
-            if done == config.total_steps or (config.eval_every and done % config.eval_every == 0):
+            if evals_due(done):
                 results = run_evals(tr, state, writer, done)
             # Logs are flushed before each save so they are durable up to the saved step.
             ckpt.maybe_save(done, state, it, before_save=writer.flush)
