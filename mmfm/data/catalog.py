@@ -40,7 +40,8 @@ CATALOG = {
                             ("label", "coarse_label")),
     "imagenet2012": CatalogSpec("imagenet2012", {"train": "train", "test": "validation"},
                                 ("label",)),
-    "coco_captions": CatalogSpec("coco_captions", {"train": "train", "test": "val"},
+    # Karpathy splits: "test" is the 5k-image test split published retrieval numbers use.
+    "coco_captions": CatalogSpec("coco_captions", {"train": "train", "test": "test"},
                                  captions_key="captions"),
 }
 
@@ -82,6 +83,8 @@ def _readable_name(name: str) -> str:
 def _builder(spec: CatalogSpec, data_dir: str | None):
     """The TFDS builder; builders whose code needs TensorFlow are read from their directory."""
     import tensorflow_datasets as tfds
+    if spec.tfds_name == "coco_captions":
+        return coco_captions_builder(data_dir)
     try:
         return tfds.builder(spec.tfds_name, data_dir=data_dir)
     except ModuleNotFoundError as e:  # e.g. coco_captions' feature code imports tensorflow
@@ -129,3 +132,43 @@ class _Adapted:
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.adapt(self.source[index])
+
+
+def coco_captions_builder(data_dir: str | None = None):
+    """The TFDS coco_captions builder without its one TensorFlow dependency.
+
+    TFDS's `Coco._info` declares `'image/id': tf.int64`, so the stock builder cannot even be
+    constructed without TensorFlow. This subclass declares the same features with numpy dtypes,
+    so it reads a coco_captions/2014 directory prepared by TFDS (and `tfds.testing.mock_data`).
+    """
+    return _coco_class()(data_dir=data_dir, file_format="array_record")
+
+
+_COCO_CLS = None
+
+
+def _coco_class():
+    global _COCO_CLS
+    if _COCO_CLS is not None:
+        return _COCO_CLS
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.object_detection import coco_captions
+
+    class CocoCaptions(coco_captions.CocoCaptions, skip_registration=True):
+        name = "coco_captions"
+
+        def _info(self):
+            features = {
+                "image": tfds.features.Image(encoding_format="jpeg"),
+                "image/filename": tfds.features.Text(),
+                "image/id": np.int64,
+                "objects": tfds.features.Sequence({
+                    "id": np.int64, "area": np.int64, "bbox": tfds.features.BBoxFeature(),
+                    "label": tfds.features.ClassLabel(num_classes=80), "is_crowd": np.bool_}),
+                "captions": tfds.features.Sequence({"text": np.str_, "id": np.int64}),
+            }
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features),
+                                         homepage="http://cocodataset.org/#home")
+
+    _COCO_CLS = CocoCaptions
+    return CocoCaptions

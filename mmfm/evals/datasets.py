@@ -20,6 +20,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from mmfm.data.catalog import coco_captions_builder  # TF-free TFDS builder
+
 __all__ = ["CLASSIFICATION", "RETRIEVAL", "ClassificationData", "ImageSource", "RetrievalData",
            "load_classification", "load_prompts", "load_retrieval", "prompts_path"]
 
@@ -190,43 +192,3 @@ def load_retrieval(name: str, split: str = "test", *, data_dir: Optional[str] = 
         captions += texts
         t2i += [j] * len(texts)
     return RetrievalData(ImageSource(src, idx), captions, np.asarray(t2i, np.int32))
-
-
-def coco_captions_builder(data_dir: Optional[str] = None):
-    """The TFDS coco_captions builder without its one TensorFlow dependency.
-
-    TFDS's `Coco._info` declares `'image/id': tf.int64`, so the stock builder cannot even be
-    constructed without TensorFlow. This subclass declares the same features with numpy dtypes,
-    so it reads a coco_captions/2014 directory prepared by TFDS (and `tfds.testing.mock_data`).
-    """
-    return _coco_class()(data_dir=data_dir, file_format="array_record")
-
-
-_COCO_CLS = None
-
-
-def _coco_class():
-    global _COCO_CLS
-    if _COCO_CLS is not None:
-        return _COCO_CLS
-    import tensorflow_datasets as tfds
-    from tensorflow_datasets.object_detection import coco_captions
-
-    class CocoCaptions(coco_captions.CocoCaptions, skip_registration=True):
-        name = "coco_captions"
-
-        def _info(self):
-            features = {
-                "image": tfds.features.Image(encoding_format="jpeg"),
-                "image/filename": tfds.features.Text(),
-                "image/id": np.int64,
-                "objects": tfds.features.Sequence({
-                    "id": np.int64, "area": np.int64, "bbox": tfds.features.BBoxFeature(),
-                    "label": tfds.features.ClassLabel(num_classes=80), "is_crowd": np.bool_}),
-                "captions": tfds.features.Sequence({"text": np.str_, "id": np.int64}),
-            }
-            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features),
-                                         homepage="http://cocodataset.org/#home")
-
-    _COCO_CLS = CocoCaptions
-    return CocoCaptions
