@@ -8,12 +8,11 @@ STAMP  := $(VENV)/.installed
 WORKDIR ?= runs/demo
 DATA_DIR ?= data
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-slow bench clean
 
 # Reinstalls only when the pins change: the stamp depends on them.
 $(STAMP): pyproject.toml requirements/lock.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c requirements/lock.txt -e ".[dev]"
 	touch $(STAMP)
 
@@ -25,7 +24,12 @@ demo: $(STAMP)
 # Notebooks share one tiny trained model, built fresh in a temp dir each run (MMFM_NOTEBOOK_DIR);
 # the nbmake timeout is per notebook (the first one to run trains the shared model).
 test: $(STAMP)
-	MMFM_NOTEBOOK_DIR=$$(mktemp -d) $(PY) -m pytest -q -n 2 --dist loadfile tests notebooks --nbmake --nbmake-timeout=900
+	MMFM_NOTEBOOK_DIR=$$(mktemp -d) $(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" --durations=15 \
+		tests notebooks --nbmake --nbmake-timeout=900
+
+# Multi-process, SIGKILL/resume, every-mesh and every-config runs: minutes each. CI runs these too.
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist loadfile -m slow --durations=15 tests
 
 bench: $(STAMP)
 	$(PY) benchmarks/train_step.py

@@ -8,6 +8,10 @@ relative difference <= 1e-5 per step (tests/sharding/test_mesh_equivalence.py).
 import numpy as np
 
 from tests.checkpoint.conftest import STEPS, read_metrics, run_train
+import pytest
+
+# Minutes of CPU: run by `make test-slow` (and CI), not by `make test`.
+pytestmark = pytest.mark.slow
 
 SWITCH = 20
 LOSS_RTOL = 1e-5

@@ -24,6 +24,9 @@ from mmfm import checkpoint
 from tests.checkpoint.conftest import (REPO, STEPS, read_metrics, run_train, train_cmd,
                                        train_env)
 
+# Minutes of CPU: run by `make test-slow` (and CI), not by `make test`.
+pytestmark = pytest.mark.slow
+
 LOSS_KEYS = ("loss", "loss/clip", "loss/mae", "loss/mlm", "lr")
 
 

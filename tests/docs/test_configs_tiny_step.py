@@ -13,6 +13,9 @@ import pytest
 import doc_commands as dc
 from mmfm.notebook_utils import load_config
 
+# Minutes of CPU: run by `make test-slow` (and CI), not by `make test`.
+pytestmark = pytest.mark.slow
+
 CONFIGS = [os.path.relpath(p, dc.ROOT) for p in dc.config_files()]
 
 

@@ -7,6 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from mmfm import checkpoint
+import pytest
+
+# Minutes of CPU: run by `make test-slow` (and CI), not by `make test`.
+pytestmark = pytest.mark.slow
 
 
 def _flat(tree):

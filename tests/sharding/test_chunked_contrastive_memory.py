@@ -15,6 +15,9 @@ from mmfm.losses.contrastive import (chunked_clip_loss, chunked_siglip_loss, cli
                                      siglip_loss)
 from mmfm.train.loop import Trainer
 
+# Minutes of CPU: run by `make test-slow` (and CI), not by `make test`.
+pytestmark = pytest.mark.slow
+
 SCALE, BIAS = 10.0, -10.0
 
 

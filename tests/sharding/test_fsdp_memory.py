@@ -13,6 +13,10 @@ from mmfm.models.config import ModelConfig, text_config, vit_config
 from mmfm.models.multimodal import TwoTower
 from mmfm.train import optim
 from mmfm.train.state import create_state, state_shardings
+import pytest
+
+# Minutes of CPU: run by `make test-slow` (and CI), not by `make test`.
+pytestmark = pytest.mark.slow
 
 
 def _vit_b16_clip() -> ModelConfig:

@@ -21,6 +21,9 @@ from mmfm import sharding as sh
 from mmfm.models.multimodal import init_params
 from mmfm.train.loop import Trainer
 
+# Minutes of CPU: run by `make test-slow` (and CI), not by `make test`.
+pytestmark = pytest.mark.slow
+
 STEPS = 5
 MESHES = [(8, 1, 1), (1, 8, 1), (2, 4, 1), (2, 2, 2), (4, 1, 2)]
 

@@ -21,6 +21,9 @@ import pytest
 
 from mmfm.train.loop import Trainer
 
+# Minutes of CPU: run by `make test-slow` (and CI), not by `make test`.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = 6
 PROC_TIMEOUT = 420  # s, per process; the run itself takes ~1-2 min on 2 shared cores

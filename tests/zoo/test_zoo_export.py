@@ -10,6 +10,9 @@ import pytest
 import mmfm.api as mmfm
 from mmfm.zoo.export import export_main
 
+# Minutes of CPU: run by `make test-slow` (and CI), not by `make test`.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
