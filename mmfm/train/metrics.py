@@ -10,7 +10,6 @@ import json
 import math
 import os
 import sys
-import time
 from typing import Mapping, Optional
 
 import numpy as np
@@ -51,7 +50,6 @@ class MetricsWriter:
         self.total_steps = total_steps
         self.path = os.path.join(workdir, "metrics.jsonl")
         self._tb = None
-        self._t0: Optional[tuple[float, int]] = None
         if not enabled:
             return
         os.makedirs(workdir, exist_ok=True)
@@ -74,16 +72,9 @@ class MetricsWriter:
                 self._tb.add_scalar(f"{kind}/{k}", v, int(step))
         return rec
 
-    def progress(self, step: int, rec: Mapping[str, float], samples_per_step: int) -> None:
-        """One line: step/total, loss, samples/s since the last call, ETA."""
-        now = time.perf_counter()
-        if self._t0 is None:
-            self._t0 = (now, step)
-            rate = float("nan")
-        else:
-            t, s = self._t0
-            rate = (step - s) * samples_per_step / max(now - t, 1e-9)
-            self._t0 = (now, step)
+    def progress(self, step: int, rec: Mapping[str, float], samples_per_step: int) -> float:
+        """One line: step/total, loss and its terms, lr, samples/s (the loop's), ETA."""
+        rate = float(rec.get("samples_per_sec", float("nan")))
         eta = ""
         if self.total_steps and math.isfinite(rate) and rate > 0:
             secs = (self.total_steps - step) * samples_per_step / rate
