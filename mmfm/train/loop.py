@@ -154,7 +154,7 @@ def train_and_evaluate(config, workdir: str, *, max_steps: Optional[int] = None)
         _write_run_info(workdir, config, tr)
     last = max_steps if max_steps is not None else config.total_steps
     results: dict = {}
-    t_log = time.perf_counter()
+    t_log, step_log = time.perf_counter(), start
     try:
         for step in range(start, min(last, config.total_steps)):
             state, metrics = tr.step(state, next(it))
@@ -162,13 +162,14 @@ def train_and_evaluate(config, workdir: str, *, max_steps: Optional[int] = None)
             if done % config.log_every == 0 or done == config.total_steps:
                 metrics = jax.device_get(metrics)  # the only host sync, at log intervals
                 now = time.perf_counter()
-                metrics["samples_per_sec"] = config.batch_size * config.log_every / max(now - t_log, 1e-9)
+                metrics["samples_per_sec"] = config.batch_size * (done - step_log) / max(now - t_log, 1e-9)
                 metrics.update(it.skip_counts())  # corrupt/skipped records, by reason
-                t_log = now
+                t_log, step_log = now, done
                 rec = writer.write(done, metrics)
                 writer.progress(done, rec, config.batch_size)
             if evals_due(done):
                 results = run_evals(tr, state, writer, done)
+                t_log = time.perf_counter()  # eval time is not training throughput
             # Logs are flushed before each save so they are durable up to the saved step.
             ckpt.maybe_save(done, state, it, before_save=writer.flush)
             if ckpt.preempted:
