@@ -51,7 +51,23 @@ def _layout(pieces: list[list[int]], context_length: int, bos_id: int | None, eo
     return out
 
 
-class Tokenizer:
+class _RowLayout:
+    """The shared call contract: `encode` one text -> rows `[BOS] pieces [EOT] [PAD]...`."""
+
+    def __call__(self, texts: str | Sequence[str], context_length: int) -> np.ndarray:
+        """Tokenizes to int32 [n, context_length] rows `[BOS] pieces [EOT] [PAD]...`."""
+        pieces = [self.encode(t) for t in _as_list(texts)]
+        return _layout(pieces, context_length, self.bos_id, self.eot_id, self.pad_id)
+
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+        """Text of one row of ids; special ids (and anything after EOT) are ignored."""
+        ids = [int(i) for i in np.asarray(ids).reshape(-1)]
+        if self.eot_id in ids:
+            ids = ids[:ids.index(self.eot_id)]
+        return self._decode_pieces([i for i in ids if i not in self.special_ids])
+
+
+class Tokenizer(_RowLayout):
     """A SentencePiece model with the mmfm layout.
 
     Args:
@@ -91,17 +107,8 @@ class Tokenizer:
         """Piece ids of one text, without BOS/EOT."""
         return self._sp.encode(text.lower() if self.lowercase else text)
 
-    def __call__(self, texts: str | Sequence[str], context_length: int) -> np.ndarray:
-        """Tokenizes to int32 [n, context_length] rows `[BOS] pieces [EOT] [PAD]...`."""
-        pieces = [self.encode(t) for t in _as_list(texts)]
-        return _layout(pieces, context_length, self.bos_id, self.eot_id, self.pad_id)
-
-    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
-        """Text of one row of ids; special ids (and anything after EOT) are ignored."""
-        ids = [int(i) for i in np.asarray(ids).reshape(-1)]
-        if self.eot_id in ids:
-            ids = ids[:ids.index(self.eot_id)]
-        return self._sp.decode([i for i in ids if i not in self.special_ids])
+    def _decode_pieces(self, ids: list[int]) -> str:
+        return self._sp.decode(ids)
 
     def __getstate__(self):
         return {"proto": self._proto, "lowercase": self.lowercase,
@@ -153,7 +160,7 @@ def train_tokenizer(texts: Iterable[str], path: str, *, vocab_size: int = 256,
     return Tokenizer(path)
 
 
-class HFTokenizer:
+class HFTokenizer(_RowLayout):
     """A Hugging Face `tokenizer.json` behind the same contract (basic support).
 
     Rows are `[BOS] pieces [EOT] [PAD]...` with the tokenizer's own special ids, found by their
@@ -204,15 +211,8 @@ class HFTokenizer:
             ids = ids[:-1]
         return ids
 
-    def __call__(self, texts: str | Sequence[str], context_length: int) -> np.ndarray:
-        pieces = [self.encode(t) for t in _as_list(texts)]
-        return _layout(pieces, context_length, self.bos_id, self.eot_id, self.pad_id)
-
-    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
-        ids = [int(i) for i in np.asarray(ids).reshape(-1)]
-        if self.eot_id in ids:
-            ids = ids[:ids.index(self.eot_id)]
-        return self._tok.decode([i for i in ids if i not in self.special_ids])
+    def _decode_pieces(self, ids: list[int]) -> str:
+        return self._tok.decode(ids)
 
     def __getstate__(self):
         state = dict(self.__dict__)
