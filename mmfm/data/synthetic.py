@@ -41,7 +41,9 @@ _RGB = {
     "white": (245, 245, 245), "cyan": (0, 220, 230),
 }
 # Object side as a fraction of the image side; the ranges are far apart so size is unambiguous.
-_SIZE_FRACTION = {"small": (0.17, 0.21), "large": (0.33, 0.39)}
+# Small objects are >= 15 px at 64 px: below that a hexagon, a circle and a star are a few pixels
+# apart (1.0.0 used 0.17-0.21 and 0.33-0.39: shape was barely learnable at patch 16).
+_SIZE_FRACTION = {"small": (0.24, 0.28), "large": (0.40, 0.46)}
 # Fraction of single-object images per split (the rest is split evenly between 2 and 3 objects).
 # Zero-shot shape/colour evaluation uses the single-object test images, hence the larger share.
 _SINGLE_FRACTION = {"train": 0.5, "test": 0.6}
@@ -271,8 +273,9 @@ class CaptionedShapes(tfds.core.GeneratorBasedBuilder):
     `tfds.data_source("captioned_shapes/size32_train200_test50_seed0", data_dir=...)` also works.
     """
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release.",
+                     "1.1.0": "Larger objects (small 24-28%, large 40-46% of the image side)."}
     BUILDER_CONFIGS = [shapes_config()]
 
     @tfds.core.utils.classproperty

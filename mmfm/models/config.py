@@ -68,6 +68,8 @@ class VitConfig(EncoderConfig):
     channels: int = 3
     pool: Pool = "cls"
     posemb: Literal["learn", "sincos2d"] = "learn"
+    # Patch embedding: one linear map per patch (ViT), or a small per-patch network (stems.py).
+    stem: Literal["linear", "hmlp", "conv"] = "linear"
     patch_bias: bool = True  # CLIP's conv1 has no bias
     ln_pre: bool = False  # CLIP normalises tokens before the blocks
     ln_post: bool = True
@@ -89,6 +91,8 @@ class VitConfig(EncoderConfig):
                f"patch size {self.patch_size} does not divide image size {self.image_size}")
         _check(self.pool in ("cls", "mean", "map", "none"), f"{prefix}.pool", f"unknown pool {self.pool!r}")
         _check(self.posemb in ("learn", "sincos2d"), f"{prefix}.posemb", f"unknown posemb {self.posemb!r}")
+        _check(self.stem in ("linear", "hmlp", "conv"), f"{prefix}.stem",
+               f"unknown stem {self.stem!r}; valid: linear, hmlp, conv")
         _check(not self.cls_posemb or (self.pool == "cls" and self.posemb == "learn"), f"{prefix}.cls_posemb",
                "needs pool='cls' and posemb='learn'")
 
@@ -173,6 +177,21 @@ def text_config(size: str, **overrides) -> TextConfig:
     return TextConfig(**kw)
 
 
+def stem_params(im: VitConfig) -> int:
+    """Parameters of the patch embedding (linear) or of a per-patch stem (mmfm.models.stems)."""
+    if im.stem == "linear":
+        return im.patch_size ** 2 * im.channels * im.width + (im.width if im.patch_bias else 0)
+    from mmfm.models.stems import stem_stages, stem_widths
+    n, c_in = 0, im.channels
+    stages, widths = stem_stages(im), stem_widths(im)
+    for i, ((k, _), w) in enumerate(zip(stages, widths)):
+        last = i == len(stages) - 1
+        n += k * k * c_in * w + (w if im.patch_bias or not last else 0)
+        n += 0 if last else 2 * w  # LayerNorm scale and bias
+        c_in = w
+    return n
+
+
 def count_params_closed_form(cfg: ModelConfig) -> int:
     """Parameter count from the config alone (a check on the modules, asserted by tests)."""
     def blocks(e: EncoderConfig) -> int:
@@ -185,7 +204,7 @@ def count_params_closed_form(cfg: ModelConfig) -> int:
         return w + 4 * (w * w + w) + 2 * w + (w * m + m) + (m * w + w)
 
     im, tx = cfg.image, cfg.text
-    n = im.patch_size ** 2 * im.channels * im.width + (im.width if im.patch_bias else 0)
+    n = stem_params(im)
     n += (im.num_patches + im.cls_posemb) * im.width if im.posemb == "learn" else 0
     n += im.width if im.pool == "cls" else 0
     n += 2 * im.width if im.ln_pre else 0

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from mmfm import sharding as sh
-from mmfm.models import layers
+from mmfm.models import layers, stems
 from mmfm.models.config import VitConfig
 
 Array = jax.Array
@@ -31,11 +31,6 @@ class VisionTransformer(nn.Module):
         if images.shape[1:3] != (cfg.image_size, cfg.image_size):
             raise ValueError(f"images have shape {images.shape}, model.image.image_size is {cfg.image_size}")
         p = cfg.patch_size
-        x = nn.Conv(cfg.width, (p, p), strides=(p, p), padding="VALID", use_bias=cfg.patch_bias,
-                    dtype=dt, param_dtype=pdt, name="embedding",
-                    kernel_init=layers.dense_init((None, None, sh.PATCH, sh.EMBED)),
-                    bias_init=layers.bias_init((sh.EMBED,)))(images.astype(dt))
-        x_bnd = x.reshape(x.shape[0], -1, cfg.width)
         if cfg.posemb == "learn":
             pos = self.param("pos_embedding", nn.with_logical_partitioning(
                 nn.initializers.normal(0.02), (None, sh.SEQ, sh.EMBED)),
@@ -43,9 +38,23 @@ class VisionTransformer(nn.Module):
         else:
             pos = layers.sincos_2d(cfg.grid, cfg.width)[None]
         pos = jnp.asarray(pos, dt)
-        x_bnd = x_bnd + pos[:, cfg.cls_posemb:]
-        if keep_idx is not None:
-            x_bnd = jnp.take_along_axis(x_bnd, keep_idx[..., None].astype(jnp.int32), axis=1)
+        if cfg.stem == "linear":
+            x = nn.Conv(cfg.width, (p, p), strides=(p, p), padding="VALID", use_bias=cfg.patch_bias,
+                        dtype=dt, param_dtype=pdt, name="embedding",
+                        kernel_init=layers.dense_init((None, None, sh.PATCH, sh.EMBED)),
+                        bias_init=layers.bias_init((sh.EMBED,)))(images.astype(dt))
+            x_bnd = x.reshape(x.shape[0], -1, cfg.width) + pos[:, cfg.cls_posemb:]
+            if keep_idx is not None:
+                x_bnd = jnp.take_along_axis(x_bnd, keep_idx[..., None].astype(jnp.int32), axis=1)
+        else:  # per-patch stem: run it on the kept patches only (each token sees its own patch)
+            patches = stems.patchify(images.astype(dt), p)
+            pos_n = pos[:, cfg.cls_posemb:]
+            pos_bnd = jnp.broadcast_to(pos_n, (images.shape[0],) + pos_n.shape[1:])
+            if keep_idx is not None:
+                idx = keep_idx.astype(jnp.int32)
+                patches = jnp.take_along_axis(patches, idx[:, :, None, None, None], axis=1)
+                pos_bnd = jnp.take_along_axis(pos_bnd, idx[..., None], axis=1)
+            x_bnd = stems.PatchStem(cfg, name="stem")(patches) + pos_bnd
         n_tokens = x_bnd.shape[1]
         if cfg.pool == "cls":
             cls = self.param("cls", nn.with_logical_partitioning(

@@ -33,12 +33,31 @@ def test_every_size_builds_with_closed_form_count(variant):
     dict(pool="mean", patch_bias=False, ln_pre=True),
     dict(pool="cls", cls_posemb=True, head_bias=False),
     dict(pool="none", ln_post=False, scan=True),
+    dict(stem="hmlp"),
+    dict(stem="conv", patch_bias=False),
 ])
 def test_options_change_count_as_the_closed_form_says(variant):
     cfg = ModelConfig(image=vit_config("mu/8", image_size=32, **variant),
                       text=text_config("mu", mlm_head=True, causal=False, pool="mean"),
                       embed_dim=16, init_bias=-10.0, mae_decoder=DecoderConfig()).validate()
     assert n_params(abstract_params(cfg)) == count_params_closed_form(cfg)
+
+
+@pytest.mark.parametrize("patch, stem, stages", [
+    (16, "hmlp", [(4, 4), (2, 2), (2, 2)]),  # Touvron et al. 2022's 16 px hMLP stem
+    (14, "hmlp", [(14, 14)]),
+    (8, "hmlp", [(4, 4), (2, 2)]),
+    (16, "conv", [(3, 2), (3, 2), (3, 2), (2, 2)]),
+    (14, "conv", [(3, 2), (7, 7)]),
+])
+def test_stem_stages_reduce_a_patch_to_one_token(patch, stem, stages):
+    from mmfm.models.stems import stem_stages
+    cfg = vit_config(f"mu/{patch}", image_size=patch * 4, stem=stem)
+    assert stem_stages(cfg) == stages
+    side = patch  # VALID when kernel == stride, SAME (ceil) otherwise
+    for k, s in stages:
+        side = side // s if k == s else -(-side // s)
+    assert side == 1
 
 
 def test_known_published_counts():
