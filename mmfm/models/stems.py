@@ -29,14 +29,6 @@ from mmfm.models.config import VitConfig
 Array = jax.Array
 
 
-def patchify(images: Array, patch_size: int) -> Array:
-    """[batch, H, W, C] -> [batch, num_patches, p, p, C], patches in row-major order."""
-    b, h, w, c = images.shape
-    p = patch_size
-    x = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, (h // p) * (w // p), p, p, c)
-
-
 def stem_stages(cfg: VitConfig) -> list[tuple[int, int]]:
     """(kernel, stride) of each stage that reduces a patch to 1x1; the last stage reaches `width`.
 
@@ -69,14 +61,15 @@ def stem_widths(cfg: VitConfig) -> list[int]:
 
 
 class PatchStem(nn.Module):
-    """patches [batch, n, p, p, C] -> tokens [batch, n, width] (see the module docstring)."""
+    """patches [batch, n, p*p*C] (mmfm.losses.patchify order) -> tokens [batch, n, width]."""
     cfg: VitConfig
 
     @nn.compact
     def __call__(self, patches: Array) -> Array:
         cfg = self.cfg
         dt, pdt = layers.dtype_of(cfg.dtype), layers.dtype_of(cfg.param_dtype)
-        b, n, p, _, c = patches.shape
+        b, n, _ = patches.shape
+        p, c = cfg.patch_size, cfg.channels
         x = patches.reshape(b * n, p, p, c).astype(dt)
         stages, widths = stem_stages(cfg), stem_widths(cfg)
         for i, ((k, s), w) in enumerate(zip(stages, widths)):

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from mmfm import sharding as sh
+from mmfm.losses.masked import patchify
 from mmfm.models import layers, stems
 from mmfm.models.config import VitConfig
 
@@ -47,12 +48,12 @@ class VisionTransformer(nn.Module):
             if keep_idx is not None:
                 x_bnd = jnp.take_along_axis(x_bnd, keep_idx[..., None].astype(jnp.int32), axis=1)
         else:  # per-patch stem: run it on the kept patches only (each token sees its own patch)
-            patches = stems.patchify(images.astype(dt), p)
+            patches = patchify(images.astype(dt), p)
             pos_n = pos[:, cfg.cls_posemb:]
             pos_bnd = jnp.broadcast_to(pos_n, (images.shape[0],) + pos_n.shape[1:])
             if keep_idx is not None:
                 idx = keep_idx.astype(jnp.int32)
-                patches = jnp.take_along_axis(patches, idx[:, :, None, None, None], axis=1)
+                patches = jnp.take_along_axis(patches, idx[..., None], axis=1)
                 pos_bnd = jnp.take_along_axis(pos_bnd, idx[..., None], axis=1)
             x_bnd = stems.PatchStem(cfg, name="stem")(patches) + pos_bnd
         n_tokens = x_bnd.shape[1]
