@@ -45,5 +45,7 @@ class MaeDecoder(nn.Module):
         x = layers.layer_norm(cfg, "ln")(x)
         out = im.patch_size ** 2 * im.channels
         return nn.Dense(out, dtype=dt, param_dtype=pdt, name="pred",
-                        kernel_init=layers.dense_init((None, sh.PATCH)),
+                        # Input dim `embed`: FSDP shards this kernel like every other one
+                        # (it is the largest leaf of a small decoder).
+                        kernel_init=layers.dense_init((sh.EMBED, sh.PATCH)),
                         bias_init=layers.bias_init((sh.PATCH,)))(x)

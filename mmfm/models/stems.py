@@ -74,17 +74,18 @@ class PatchStem(nn.Module):
         stages, widths = stem_stages(cfg), stem_widths(cfg)
         for i, ((k, s), w) in enumerate(zip(stages, widths)):
             last = i == len(stages) - 1
-            out_name = sh.EMBED if last else None  # only the last stage has the model width
+            # Output channels are `embed` (FSDP-sharded like every other weight); the input
+            # channels stay unnamed because a kernel may not use one mesh axis twice.
             x = nn.Conv(w, (k, k), strides=(s, s), padding="VALID" if k == s else "SAME",
                         use_bias=cfg.patch_bias or not last, dtype=dt, param_dtype=pdt,
                         name=f"conv_{i}",
                         kernel_init=nn.with_logical_partitioning(
-                            nn.initializers.lecun_normal(), (None, None, None, out_name)),
-                        bias_init=layers.bias_init((out_name,)))(x)
+                            nn.initializers.lecun_normal(), (None, None, None, sh.EMBED)),
+                        bias_init=layers.bias_init((sh.EMBED,)))(x)
             if not last:
                 x = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=dt, param_dtype=pdt, name=f"norm_{i}",
                                  scale_init=nn.with_logical_partitioning(
-                                     nn.initializers.ones_init(), (None,)),
-                                 bias_init=layers.bias_init((None,)))(x)
+                                     nn.initializers.ones_init(), (sh.EMBED,)),
+                                 bias_init=layers.bias_init((sh.EMBED,)))(x)
                 x = nn.gelu(x, approximate=False)
         return x.reshape(b, n, cfg.width)

@@ -13,6 +13,8 @@ import sys
 
 import pytest
 
+from tests.subprocess_env import failure_report, virtual_device_flags
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = 40
 BASE = ("--config.total_steps=48", "--config.checkpoint_every=5", "--config.log_every=1",
@@ -41,7 +43,7 @@ _CACHE = os.environ.get("MMFM_TEST_JAX_CACHE") or os.path.join(
 
 
 def train_env(devices=1, **extra):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    env = dict(os.environ, XLA_FLAGS=virtual_device_flags(devices),
                TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=_CACHE,
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
@@ -75,5 +77,5 @@ def reference_run(tmp_path_factory, ckpt_data_dir):
     """An uninterrupted 40-step one-device run: its workdir."""
     w = tmp_path_factory.mktemp("reference")
     p = run_train(w, ckpt_data_dir)
-    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.returncode == 0, failure_report(p)
     return str(w)

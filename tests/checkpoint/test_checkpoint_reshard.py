@@ -8,6 +8,7 @@ relative difference <= 1e-5 per step (tests/sharding/test_mesh_equivalence.py).
 import numpy as np
 
 from tests.checkpoint.conftest import STEPS, read_metrics, run_train
+from tests.subprocess_env import failure_report
 import pytest
 
 # Minutes of CPU: run by `make test-slow` (and CI), not by `make test`.
@@ -21,11 +22,11 @@ def test_save_on_8x1x1_resume_on_2x2x2(ckpt_data_dir, tmp_path):
     ref, w = str(tmp_path / "ref"), str(tmp_path / "switch")
     mesh_a, mesh_b = "--config.mesh.shape=(8,1,1)", "--config.mesh.shape=(2,2,2)"
     p = run_train(ref, ckpt_data_dir, mesh_a, devices=8)
-    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.returncode == 0, failure_report(p)
     p = run_train(w, ckpt_data_dir, mesh_a, devices=8, max_steps=SWITCH)
-    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.returncode == 0, failure_report(p)
     p = run_train(w, ckpt_data_dir, mesh_b, devices=8)
-    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.returncode == 0, failure_report(p)
     assert f"resumed from step {SWITCH} " in p.stderr
     assert "written on mesh {'data': 8, 'fsdp': 1, 'tensor': 1}" in p.stderr
     assert "mesh {'data': 2, 'fsdp': 2, 'tensor': 2}" in p.stderr

@@ -23,6 +23,7 @@ import pytest
 from mmfm import checkpoint
 from tests.checkpoint.conftest import (REPO, STEPS, read_metrics, run_train, train_cmd,
                                        train_env)
+from tests.subprocess_env import failure_report
 
 # Minutes of CPU: run by `make test-slow` (and CI), not by `make test`.
 pytestmark = pytest.mark.slow
@@ -108,9 +109,9 @@ def test_sigkill_at_random_steps_resumes_bit_exactly(reference_run, ckpt_data_di
         m = re.search(r"resumed from step (\d+) ", p.stderr)
         resumed_from.append(int(m.group(1)) if m else 0)
         if k is None:
-            assert p.returncode == 0, p.stderr[-3000:]
+            assert p.returncode == 0, failure_report(p)
             break
-        assert p.returncode == -signal.SIGKILL, p.stderr[-3000:]
+        assert p.returncode == -signal.SIGKILL, failure_report(p)
         assert read_metrics(w)[-1]["step"] == k
         if k % 5 == 0:
             assert k not in finalised_steps(w), "the save of the kill step was not in flight"
@@ -147,7 +148,7 @@ def test_sigterm_saves_that_step_and_exits_cleanly(reference_run, ckpt_data_dir,
     step, _ = checkpoint.load_state(w, stopped)
     assert step == stopped
     p = run_train(w, ckpt_data_dir)
-    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.returncode == 0, failure_report(p)
     assert f"resumed from step {stopped} " in p.stderr
     assert_logs_match(reference_run, w)
     assert_same_state(reference_run, w)
@@ -172,8 +173,8 @@ def test_corrupted_latest_checkpoint_falls_back(reference_run, ckpt_data_dir, tm
     for name in ("metrics.jsonl",):
         assert read_metrics(w)[-1]["step"] == STEPS
     p = run_train(w, ckpt_data_dir)
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert re.search(r"checkpoint step 40 in \S+ is unreadable", p.stderr), p.stderr[-3000:]
+    assert p.returncode == 0, failure_report(p)
+    assert re.search(r"checkpoint step 40 in \S+ is unreadable", p.stderr), failure_report(p)
     assert "resumed from step 35 " in p.stderr
     assert os.path.isdir(os.path.join(w, "checkpoints_corrupt", "40"))
     assert_same_state(reference_run, w)
