@@ -4,7 +4,5 @@ Must run before JAX initialises its backend; single-device code still runs on de
 """
 import os
 
-from tests.subprocess_env import virtual_device_flags
-
-os.environ.setdefault("XLA_FLAGS", virtual_device_flags(8))
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

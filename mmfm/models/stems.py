@@ -18,6 +18,9 @@ objects) with the hMLP stem, at 1.3x the image-tower step time.
 """
 from __future__ import annotations
 
+import functools
+from typing import Any, Callable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -60,6 +63,33 @@ def stem_widths(cfg: VitConfig) -> list[int]:
     return [hidden] * (n - 1) + [cfg.width]
 
 
+class CellLinear(nn.Module):
+    """A k x k convolution with stride k (non-overlapping cells) as a reshape and one matmul.
+
+    Same parameters as nn.Conv(features, (k, k), strides=(k, k), padding="VALID"), on inputs with
+    any leading dims. A matmul is what an hMLP stage is, and XLA:CPU runs it as one: the demo's
+    hMLP stem (fwd + bwd, 2048 patches) takes 17 ms this way against 38-40 ms as nn.Conv.
+    """
+    features: int
+    kernel_size: tuple[int, int]
+    use_bias: bool = True
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    kernel_init: Callable = nn.initializers.lecun_normal()
+    bias_init: Callable = nn.initializers.zeros_init()
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        (kh, kw), (*lead, h, w, c) = self.kernel_size, x.shape
+        kernel = self.param("kernel", self.kernel_init, (kh, kw, c, self.features), self.param_dtype)
+        cells = x.reshape(*lead, h // kh, kh, w // kw, kw, c)
+        y = jnp.einsum("...hiwjc,ijcd->...hwd", cells, kernel.astype(self.dtype or x.dtype))
+        if self.use_bias:
+            bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            y = y + bias.astype(y.dtype)
+        return y
+
+
 class PatchStem(nn.Module):
     """patches [batch, n, p*p*C] (mmfm.losses.patchify order) -> tokens [batch, n, width]."""
     cfg: VitConfig
@@ -70,18 +100,18 @@ class PatchStem(nn.Module):
         dt, pdt = layers.dtype_of(cfg.dtype), layers.dtype_of(cfg.param_dtype)
         b, n, _ = patches.shape
         p, c = cfg.patch_size, cfg.channels
-        x = patches.reshape(b * n, p, p, c).astype(dt)
+        x = patches.reshape(b, n, p, p, c).astype(dt)
         stages, widths = stem_stages(cfg), stem_widths(cfg)
         for i, ((k, s), w) in enumerate(zip(stages, widths)):
             last = i == len(stages) - 1
             # Output channels are `embed` (FSDP-sharded like every other weight); the input
             # channels stay unnamed because a kernel may not use one mesh axis twice.
-            x = nn.Conv(w, (k, k), strides=(s, s), padding="VALID" if k == s else "SAME",
-                        use_bias=cfg.patch_bias or not last, dtype=dt, param_dtype=pdt,
-                        name=f"conv_{i}",
-                        kernel_init=nn.with_logical_partitioning(
-                            nn.initializers.lecun_normal(), (None, None, None, sh.EMBED)),
-                        bias_init=layers.bias_init((sh.EMBED,)))(x)
+            conv = CellLinear if k == s else functools.partial(nn.Conv, strides=(s, s), padding="SAME")
+            x = conv(w, (k, k), use_bias=cfg.patch_bias or not last, dtype=dt, param_dtype=pdt,
+                     name=f"conv_{i}",
+                     kernel_init=nn.with_logical_partitioning(
+                         nn.initializers.lecun_normal(), (None, None, None, sh.EMBED)),
+                     bias_init=layers.bias_init((sh.EMBED,)))(x)
             if not last:
                 x = nn.LayerNorm(epsilon=cfg.ln_eps, dtype=dt, param_dtype=pdt, name=f"norm_{i}",
                                  scale_init=nn.with_logical_partitioning(

@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 
 from mmfm.train.loop import Trainer
-from tests.subprocess_env import virtual_device_flags
 
 # Minutes of CPU: run by `make test-slow` (and CI), not by `make test`.
 pytestmark = pytest.mark.slow
@@ -37,7 +36,7 @@ def _free_port() -> int:
 
 
 def _launch(pid: int, port: int, workdir: str, data_dir: str, log_path: str, *extra: str):
-    env = dict(os.environ, XLA_FLAGS=virtual_device_flags(4), JAX_PLATFORMS="cpu",
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
                PYTHONUNBUFFERED="1")
     cmd = ["timeout", "-s", "KILL", str(PROC_TIMEOUT), sys.executable, "-m", "mmfm.train",
            "--config", "experiments/configs/demo.py:tiny", "--workdir", workdir,
