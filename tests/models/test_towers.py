@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from mmfm import masking
+from mmfm.models import stems
 from mmfm.models.config import DecoderConfig, ModelConfig, text_config, vit_config
 from mmfm.models.multimodal import TwoTower, init_params
 from mmfm.models.layers import sincos_2d
@@ -44,6 +45,15 @@ def test_keep_all_patches_equals_no_dropping(stem):
     keep = jnp.tile(jnp.arange(16)[None], (3, 1))
     kept = model.apply({"params": p}, images(), keep_idx=keep, method=model.encode_image)[0]
     np.testing.assert_allclose(full, kept, atol=1e-6)
+
+
+def test_cell_linear_equals_a_strided_convolution():
+    """The hMLP stage as reshape + matmul computes nn.Conv(k x k, stride k, VALID) with its params."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 8, 8, 3))
+    conv = nn.Conv(7, (4, 4), strides=(4, 4), padding="VALID")
+    params = conv.init(jax.random.PRNGKey(1), x)
+    got = stems.CellLinear(7, (4, 4)).apply(params, x)
+    np.testing.assert_allclose(got, conv.apply(params, x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("stem", STEMS)
