@@ -27,8 +27,8 @@ from mmfm.data.transforms import make_image_transform, make_train_transform
 
 COMMON_KEYS = frozenset({
     "name", "dir", "image_size", "num_train", "num_test", "seed", "context_length",
-    "caption_drop", "worker_count", "num_threads", "dataset", "tokenizer", "lowercase",
-    "crop_scale", "flip", "transform", "mixture"})
+    "caption_drop", "caption_whole", "worker_count", "num_threads", "dataset", "tokenizer",
+    "lowercase", "in_memory", "crop_scale", "flip", "transform", "mixture"})
 CORPUS_FORMATS = ("wds", "jsonl")
 
 
@@ -117,6 +117,10 @@ def _tokenizer(cfg: Mapping[str, Any], component: Component):
     return load_tokenizer(path, lowercase=bool(cfg.get("lowercase", False))), path
 
 
+def _maybe_cached(cfg: Mapping[str, Any], source: Any) -> Any:
+    return sources.CachedSource(source) if cfg.get("in_memory") else source
+
+
 def build_corpus_or_catalog(cfg: dict[str, Any], *, batch_size: int, seed: int,
                             shard_index: int, shard_count: int):
     """The `build_data` entry for wds, jsonl, catalog names and `mixture`."""
@@ -131,8 +135,8 @@ def build_corpus_or_catalog(cfg: dict[str, Any], *, batch_size: int, seed: int,
         comps = [Component(dict(base, **{k: v for k, v in p.items() if k != "weight"}))
                  for p in parts]
         weights = [float(p.get("weight", 1.0)) for p in parts]
-        train = sources.MixtureSource([sources.SafeSource(c.source("train")) for c in comps],
-                                      weights, seed=int(cfg.get("seed", 0)))
+        train = sources.MixtureSource([sources.SafeSource(_maybe_cached(cfg, c.source("train")))
+                                       for c in comps], weights, seed=int(cfg.get("seed", 0)))
         label_keys: tuple[str, ...] = ()  # labels differ between components
         prepare_skips: dict[str, int] = {}
         for c in comps:
@@ -140,7 +144,7 @@ def build_corpus_or_catalog(cfg: dict[str, Any], *, batch_size: int, seed: int,
                 prepare_skips[reason] = prepare_skips.get(reason, 0) + n
     else:
         comps = [Component(cfg)]
-        train = sources.SafeSource(comps[0].source("train"))
+        train = sources.SafeSource(_maybe_cached(cfg, comps[0].source("train")))
         label_keys, prepare_skips = comps[0].label_keys, comps[0].prepare_skips
     first = comps[0]
     tokenizer, tokenizer_path = _tokenizer(cfg, first)

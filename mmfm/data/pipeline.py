@@ -28,7 +28,7 @@ import grain
 import numpy as np
 
 from mmfm.data import synthetic
-from mmfm.data.sources import RUNTIME_REASONS
+from mmfm.data.sources import RUNTIME_REASONS, CachedSource
 from mmfm.data.tokenizers import load_tokenizer
 from mmfm.data.transforms import make_image_transform, make_train_transform, to_uint8_rgb
 
@@ -330,15 +330,22 @@ def _build_captioned_shapes(cfg: dict[str, Any], *, batch_size: int, seed: int,
     tokenizer = load_tokenizer(tokenizer_path, lowercase=bool(cfg.get("lowercase", False)))
     context_length = cfg.get("context_length", 32)
     drops = {k: float(v) for k, v in (cfg.get("caption_drop") or {}).items()}
+    whole = float(cfg.get("caption_whole", 0.0))
+    if whole and not any(drops.values()):
+        raise ValueError("config.data.caption_whole is set but config.data.caption_drop drops "
+                         "nothing: every caption is whole already")
     # No flip by default: captions name left/right.
     transform = make_image_transform(image_size)
     train_transform = make_train_transform(
         image_size, crop_scale=tuple(cfg.get("crop_scale") or (1.0, 1.0)),
         flip=bool(cfg.get("flip", False)))
+    train_source = builder.as_data_source(split="train")
+    if cfg.get("in_memory"):
+        train_source = CachedSource(train_source)
     loader = make_train_loader(
-        builder.as_data_source(split="train"), batch_size=batch_size, seed=seed,
+        train_source, batch_size=batch_size, seed=seed,
         tokenizer=tokenizer, context_length=context_length, transform=train_transform,
-        caption_fn=synthetic.CaptionDropper(drops) if any(drops.values()) else None,
+        caption_fn=synthetic.CaptionDropper(drops, whole) if any(drops.values()) else None,
         shard_index=shard_index, shard_count=shard_count,
         worker_count=cfg.get("worker_count", 0), num_threads=cfg.get("num_threads", 2))
     test = builder.as_data_source(split="test")
@@ -384,7 +391,9 @@ def build_data(data_cfg: Any, *, batch_size: int, seed: int, shard_index: int = 
     Args:
       data_cfg: ConfigDict (or mapping) with `name`, `dir` and the dataset's own fields (for
         captioned_shapes: image_size, num_train, num_test, seed (of the data), context_length,
-        caption_drop (attribute -> prob; empty = full captions), worker_count).
+        caption_drop (attribute -> prob; empty = full captions), caption_whole (share of
+        captions left whole when caption_drop is set), in_memory (keep train records after
+        their first read), worker_count).
       batch_size: per-shard (per-host) batch size.
       seed: shuffling/augmentation seed (distinct from the dataset's generation seed).
       shard_index, shard_count: this host's shard, e.g. jax.process_index()/process_count().

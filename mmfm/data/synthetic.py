@@ -116,15 +116,26 @@ def compose_caption(objects: Sequence[Mapping[str, Any]], rng: np.random.Generat
 
 
 class CaptionDropper:
-    """Picklable `caption_fn(record, rng)` for the pipeline: recomposes with attribute drops."""
+    """Picklable `caption_fn(record, rng)` for the pipeline: recomposes with attribute drops.
 
-    def __init__(self, drop_probs: Mapping[str, float] | None = None):
+    With `whole_prob`, that share of captions is left whole and only the rest have attributes
+    dropped: whole captions teach retrieval on full test captions, dropped ones force the model
+    to tell shapes apart (colour, size and position alone no longer identify the caption).
+    """
+
+    def __init__(self, drop_probs: Mapping[str, float] | None = None, whole_prob: float = 0.0):
         self.drop_probs = dict(DEFAULT_CAPTION_DROP if drop_probs is None else drop_probs)
         _check_drop_probs(self.drop_probs)
+        if not 0.0 <= float(whole_prob) <= 1.0:
+            raise ValueError(f"caption_whole (probability of a whole caption) must be in [0, 1], "
+                             f"got {whole_prob}")
+        self.whole_prob = float(whole_prob)
 
     def __call__(self, record: Mapping[str, Any], rng: np.random.Generator) -> str:
         raw = record["objects"]
         objects = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+        if self.whole_prob and rng.random() < self.whole_prob:
+            return compose_caption(objects)
         return compose_caption(objects, rng, self.drop_probs)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmfm.data import pipeline, synthetic, transforms
+from mmfm.data import pipeline, sources, synthetic, transforms
 from mmfm.data.tokenizers import train_tokenizer
 
 N = 40  # examples in the in-memory source
@@ -198,6 +198,36 @@ def test_build_data_captioned_shapes(tmp_path):
         eval_fn(split="validation")
 
 
+class _CountingSource(list):
+    """A list source that counts reads per index."""
+
+    def __init__(self, records):
+        super().__init__(records)
+        self.reads = np.zeros(len(records), int)
+
+    def __getitem__(self, index):
+        self.reads[index] += 1
+        return super().__getitem__(index)
+
+
+def test_cached_source_reads_each_record_once_and_gives_the_same_batches(tok):
+    counting = _CountingSource(_source())
+    cached = sources.CachedSource(counting)
+    args = dict(batch_size=4, seed=0, tokenizer=tok, context_length=8,
+                transform=transforms.make_image_transform(8))
+    epochs = 3 * N // 4
+    _assert_same(_take(pipeline.make_train_loader(cached, **args), epochs),
+                 _take(pipeline.make_train_loader(_source(), **args), epochs))
+    assert counting.reads.tolist() == [1] * N  # three epochs, one read per record
+    assert len(pickle.loads(pickle.dumps(cached))._records) == 0  # workers start empty
+
+
+def test_build_data_in_memory_gives_the_same_batches(tmp_path):
+    loaders = [pipeline.build_data(_data_cfg(tmp_path, in_memory=m), batch_size=8, seed=0)[0]
+               for m in (False, True)]
+    _assert_same(_take(loaders[0], 3), _take(loaders[1], 3))
+
+
 def test_build_data_errors(tmp_path):
     with pytest.raises(ValueError, match="available: .*captioned_shapes"):
         pipeline.build_data(_data_cfg(tmp_path, name="imagenet"), batch_size=8, seed=0)
@@ -205,3 +235,7 @@ def test_build_data_errors(tmp_path):
     cfg["img_size"] = 32
     with pytest.raises(ValueError, match="img_size"):
         pipeline.build_data(cfg, batch_size=8, seed=0)
+    no_drops = {a: 0.0 for a in synthetic.ATTRIBUTES}
+    with pytest.raises(ValueError, match="caption_whole"):
+        pipeline.build_data(_data_cfg(tmp_path, caption_drop=no_drops, caption_whole=0.5),
+                            batch_size=8, seed=0)

@@ -177,6 +177,20 @@ def test_caption_dropper_is_picklable_and_deterministic(built):
     assert _CAPTION.fullmatch(first)
 
 
+def test_caption_dropper_leaves_the_whole_share_of_captions_whole():
+    rng = np.random.default_rng(1)
+    records = [{"objects": json.dumps(_random_objects(rng, 1 + i % 3))} for i in range(2000)]
+    drop_all = {a: 1.0 for a in synthetic.ATTRIBUTES}  # a dropped caption never equals the full one
+    for whole_prob in (0.0, 0.3, 1.0):
+        dropper = synthetic.CaptionDropper(drop_all, whole_prob)
+        whole = [dropper(r, np.random.default_rng(i)) == compose_caption(json.loads(r["objects"]))
+                 for i, r in enumerate(records)]
+        # Binomial(2000, 0.3): 5 standard deviations is +-0.051.
+        assert abs(np.mean(whole) - whole_prob) < 0.05, (whole_prob, np.mean(whole))
+    with pytest.raises(ValueError, match="caption_whole"):
+        synthetic.CaptionDropper(drop_all, 1.5)
+
+
 def test_zeroshot_prompts_match_caption_grammar():
     for names, templates in synthetic.ZEROSHOT.values():
         for name in names:
