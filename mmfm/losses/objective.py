@@ -31,6 +31,10 @@ class ObjectiveConfig:
     mlm_ratio: float = 0.15
     norm_pix: bool = True
     chunked: bool = False  # ring-chunked contrastive loss over the mesh's batch axes
+    # Share of each batch (its first rows; batches are shuffled) that the MAE and MLM views see.
+    # Below 1 the masked terms cost proportionally less while the contrastive term keeps the
+    # whole batch; the shared image view needs 1 (both views must cover the same images).
+    masked_batch_frac: float = 1.0
 
     def validate(self, prefix: str = "loss") -> "ObjectiveConfig":
         if self.contrastive not in CONTRASTIVE_KINDS:
@@ -44,6 +48,9 @@ class ObjectiveConfig:
         for name in ("patch_drop", "mae_ratio"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{prefix}.{name}: must be in [0, 1), got {getattr(self, name)}")
+        if not 0.0 < self.masked_batch_frac <= 1.0:
+            raise ValueError(f"{prefix}.masked_batch_frac: must be in (0, 1], "
+                             f"got {self.masked_batch_frac}")
         if self.mlm_weight and not 0.0 < self.mlm_ratio < 1.0:
             raise ValueError(f"{prefix}.mlm_ratio: must be in (0, 1), got {self.mlm_ratio}")
         return self
@@ -63,7 +70,12 @@ class ObjectiveConfig:
     @property
     def shared_image_view(self) -> bool:
         """Equal ratios: one image-encoder pass serves both the contrastive and MAE losses."""
-        return self.use_contrastive and self.use_mae and self.patch_drop == self.mae_ratio
+        return (self.use_contrastive and self.use_mae and self.patch_drop == self.mae_ratio
+                and self.masked_batch_frac == 1.0)
+
+    def masked_rows(self, batch: int) -> int:
+        """How many rows of a `batch` the MAE / MLM views use (at least 1)."""
+        return max(1, round(batch * self.masked_batch_frac))
 
 
 def objective(out: dict, *, images: Array, tokens: Array, mae_mask: Optional[Array],
@@ -71,8 +83,9 @@ def objective(out: dict, *, images: Array, tokens: Array, mae_mask: Optional[Arr
               mesh=None) -> tuple[Array, dict]:
     """Weighted total loss and metrics from the model's output dict.
 
-    images: [batch, H, W, C] normalised floats (the MAE targets); tokens: [batch, seq] original
-    tokens (the MLM targets); mae_mask / mlm_mask: 1 where removed / masked.
+    images: [rows, H, W, C] normalised floats (the MAE targets); tokens: [rows, seq] original
+    tokens (the MLM targets); mae_mask / mlm_mask: 1 where removed / masked. `rows` is
+    `cfg.masked_rows(batch)`: the rows the masked views were computed on.
     """
     total = jnp.zeros((), jnp.float32)
     metrics = {}

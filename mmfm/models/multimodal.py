@@ -60,13 +60,16 @@ class TwoTower(nn.Module):
 
     def __call__(self, images: Array, tokens: Array, *, con_keep: Optional[Array] = None,
                  mae_keep: Optional[Array] = None, mlm_tokens: Optional[Array] = None,
-                 contrastive: bool = True, mae_shares_view: bool = False, train: bool = False):
+                 mae_images: Optional[Array] = None, contrastive: bool = True,
+                 mae_shares_view: bool = False, train: bool = False):
         """One training forward pass; every branch is optional so any loss weight may be zero.
 
         con_keep / mae_keep: [batch, kept] patch indices of the contrastive / reconstruction views
         (None = all patches for the contrastive view). With `mae_shares_view` the MAE decoder reuses
         the contrastive pass (equal masking ratios: one encoder pass serves both losses).
-        mlm_tokens: [batch, seq] tokens with masked positions replaced; its pass yields `mlm/logits`.
+        mlm_tokens: [rows, seq] tokens with masked positions replaced; its pass yields `mlm/logits`.
+        mae_images: the reconstruction view's images when it covers other rows than `images` (a
+        sub-batch, `loss.masked_batch_frac`); None = `images`.
         """
         out = {}
         img_out = None
@@ -80,8 +83,12 @@ class TwoTower(nn.Module):
         if mae_keep is not None:
             if self.cfg.mae_decoder is None:
                 raise ValueError("mae_keep given but model.mae_decoder is not configured")
+            if mae_shares_view and mae_images is not None:
+                raise ValueError("mae_shares_view reuses the contrastive pass; it cannot take "
+                                 "separate mae_images")
             if not (mae_shares_view and img_out is not None):
-                _, img_out = self.encode_image(images, keep_idx=mae_keep, train=train)
+                mae_in = images if mae_images is None else mae_images
+                _, img_out = self.encode_image(mae_in, keep_idx=mae_keep, train=train)
             out["mae/pred"] = self.mae_decoder(img_out["tokens"], mae_keep, train=train)
         if mlm_tokens is not None:
             if not self.cfg.text.mlm_head:

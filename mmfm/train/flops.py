@@ -49,20 +49,23 @@ def mae_decoder_flops(cfg: ModelConfig, kept: int) -> int:
 
 
 def train_flops_per_example(cfg: ModelConfig, obj: ObjectiveConfig) -> int:
-    """Forward + backward (3x forward) matmul FLOPs of one example under the objective's views."""
+    """Forward + backward (3x forward) matmul FLOPs of one example under the objective's views.
+
+    The masked views run on `masked_batch_frac` of the batch, so they count that fraction.
+    """
     n = cfg.image.num_patches
-    fwd = 0
+    fwd = masked = 0
     if obj.use_contrastive:
         kept = num_kept(n, obj.patch_drop) if obj.patch_drop > 0 else n
         fwd += image_forward_flops(cfg, kept) + text_forward_flops(cfg)
     if obj.use_mae:
         kept = num_kept(n, obj.mae_ratio)
         if not obj.shared_image_view:
-            fwd += image_forward_flops(cfg, kept)
-        fwd += mae_decoder_flops(cfg, kept)
+            masked += image_forward_flops(cfg, kept)
+        masked += mae_decoder_flops(cfg, kept)
     if obj.use_mlm:
-        fwd += text_forward_flops(cfg, mlm=True)
-    return 3 * fwd
+        masked += text_forward_flops(cfg, mlm=True)
+    return 3 * (fwd + round(masked * obj.masked_batch_frac))
 
 
 def contrastive_flops(batch: int, dim: int) -> int:

@@ -52,6 +52,12 @@ def objective_config(config) -> ObjectiveConfig:
 
 def check_batch(config, mesh) -> None:
     sh.check_batch_axes(mesh, config.batch_size)
+    obj = objective_config(config)
+    rows, shards = obj.masked_rows(config.batch_size), sh.num_batch_shards(mesh)
+    if (obj.use_mae or obj.use_mlm) and rows % shards:
+        raise ValueError(f"loss.masked_batch_frac={obj.masked_batch_frac} gives {rows} of "
+                         f"{config.batch_size} rows to MAE/MLM, not divisible by the {shards} "
+                         f"devices of the mesh's batch axes")
 
 
 class Trainer:

@@ -67,3 +67,13 @@ def test_objective_needs_matching_model_parts(updates, key):
     c = tiny(**updates)
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         check_model_fits(objective_config(c), model_config(c))
+
+
+def test_masked_sub_batch_must_split_over_the_batch_devices():
+    from mmfm import sharding as sh
+    from mmfm.train.loop import check_batch
+
+    mesh = sh.make_mesh((8, 1, 1))
+    check_batch(tiny(**{"loss.masked_batch_frac": 0.5}), mesh)  # 8 of 16 rows: one per device
+    with pytest.raises(ValueError, match=r"loss\.masked_batch_frac=0\.25 gives 4 of 16 rows"):
+        check_batch(tiny(**{"loss.masked_batch_frac": 0.25}), mesh)

@@ -13,7 +13,8 @@ from mmfm.train import optim
 from mmfm.train.loop import model_config, objective_config
 from mmfm.models.multimodal import TwoTower
 from mmfm.train.state import create_state
-from mmfm.train.step import StepConfig, train_step
+from mmfm.train import flops as flops_lib
+from mmfm.train.step import StepConfig, loss_and_metrics, train_step
 
 
 def tiny_setup(**loss):
@@ -93,6 +94,30 @@ def test_shared_view_runs_the_image_tower_once():
     sc, _, _ = tiny_setup(patch_drop=0.75, mae_ratio=0.75)
     assert sc.objective.shared_image_view
     assert shared < separate
+
+
+def test_masked_sub_batch_gives_the_masked_terms_of_its_rows():
+    """masked_batch_frac=0.5: MAE / MLM are the terms of the batch's first half; CLIP sees all."""
+    sc_half, state, batch = tiny_setup(masked_batch_frac=0.5)
+    sc_full, _, _ = tiny_setup()
+    half = {k: v[: v.shape[0] // 2] for k, v in batch.items()}
+    rng = jax.random.PRNGKey(1)
+    _, m_half = loss_and_metrics(state.params, batch, rng, sc_half)
+    _, m_first = loss_and_metrics(state.params, half, rng, sc_full)
+    for key in ("loss/mae", "loss/mlm", "mlm/accuracy"):
+        np.testing.assert_allclose(m_half[key], m_first[key], rtol=1e-6, err_msg=key)
+    _, m_all = loss_and_metrics(state.params, batch, rng, sc_full)
+    np.testing.assert_allclose(m_half["loss/clip"], m_all["loss/clip"], rtol=1e-6)
+    assert not np.allclose(m_half["loss/clip"], m_first["loss/clip"])
+
+    def compiled_flops(sc):
+        return jax.jit(functools.partial(train_step, sc=sc)).lower(state, batch).compile() \
+            .cost_analysis()["flops"]
+    counted = [flops_lib.train_flops_per_example(sc.model.cfg, sc.objective)
+               for sc in (sc_half, sc_full)]
+    assert compiled_flops(sc_half) < compiled_flops(sc_full) and counted[0] < counted[1]
+    with pytest.raises(ValueError, match="masked_batch_frac"):
+        tiny_setup(masked_batch_frac=0.0)
 
 
 def test_frozen_tower_does_not_move():
