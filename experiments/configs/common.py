@@ -10,7 +10,8 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.data = dict(name="captioned_shapes", dir="data", image_size=64, num_train=20_000,
-                  num_test=1_000, seed=0, context_length=32, caption_drop={}, worker_count=0,
+                  num_test=1_000, seed=0, context_length=32, caption_drop={}, caption_whole=0.0,
+                  worker_count=0, in_memory=False,  # in_memory: keep train records once read
                   # Other datasets (mmfm/data/datasets.py): prepared corpus name for wds/jsonl,
                   # tokenizer file ("" = the dataset's own), train augmentation, a
                   # "module:function" transform factory, components of name="mixture".
@@ -24,7 +25,8 @@ def base_config() -> ml_collections.ConfigDict:
                    embed_dim=128, init_temperature=0.07, init_bias=None, mae_decoder=None,
                    dtype="float32", param_dtype="float32", scan=False, remat="none")
     c.loss = dict(contrastive="clip", contrastive_weight=1.0, mae_weight=0.0, mlm_weight=0.0,
-                  patch_drop=0.0, mae_ratio=0.75, mlm_ratio=0.15, norm_pix=True, chunked=False)
+                  patch_drop=0.0, mae_ratio=0.75, mlm_ratio=0.15, norm_pix=True, chunked=False,
+                  masked_batch_frac=1.0)
     c.optim = dict(name="adamw", lr=1e-3, warmup_steps=100, end_lr_frac=0.0, b1=0.9, b2=0.98,
                    eps=1e-6, weight_decay=0.1, grad_clip=1.0, freeze=())
     c.mesh = dict(shape=(-1, 1, 1),
@@ -71,6 +73,7 @@ def apply_tiny(c: ml_collections.ConfigDict) -> None:
     if c.model.mae_decoder:
         c.model.mae_decoder = dict(width=32, depth=1, mlp_dim=64, heads=2)
     c.batch_size = 16
+    c.loss.masked_batch_frac = 1.0  # a sub-batch of 16 would not split over 8 test devices
     c.total_steps = 4
     c.optim.warmup_steps = 1
     c.log_every = 2
