@@ -117,15 +117,12 @@ def _tokenizer(cfg: Mapping[str, Any], component: Component):
     return load_tokenizer(path, lowercase=bool(cfg.get("lowercase", False))), path
 
 
-def _maybe_cached(cfg: Mapping[str, Any], source: Any) -> Any:
-    return sources.CachedSource(source) if cfg.get("in_memory") else source
-
-
 def build_corpus_or_catalog(cfg: dict[str, Any], *, batch_size: int, seed: int,
                             shard_index: int, shard_count: int):
     """The `build_data` entry for wds, jsonl, catalog names and `mixture`."""
     from mmfm.data import pipeline
     _check_keys(cfg, repr(cfg.get("name")))
+    in_memory = bool(cfg.get("in_memory", False))
     if cfg.get("name") == "mixture":
         parts = [dict(p) for p in (cfg.get("mixture") or ())]
         if not parts:
@@ -135,8 +132,9 @@ def build_corpus_or_catalog(cfg: dict[str, Any], *, batch_size: int, seed: int,
         comps = [Component(dict(base, **{k: v for k, v in p.items() if k != "weight"}))
                  for p in parts]
         weights = [float(p.get("weight", 1.0)) for p in parts]
-        train = sources.MixtureSource([sources.SafeSource(_maybe_cached(cfg, c.source("train")))
-                                       for c in comps], weights, seed=int(cfg.get("seed", 0)))
+        safe = [sources.SafeSource(sources.maybe_cached(c.source("train"), in_memory))
+                for c in comps]
+        train = sources.MixtureSource(safe, weights, seed=int(cfg.get("seed", 0)))
         label_keys: tuple[str, ...] = ()  # labels differ between components
         prepare_skips: dict[str, int] = {}
         for c in comps:
@@ -144,7 +142,7 @@ def build_corpus_or_catalog(cfg: dict[str, Any], *, batch_size: int, seed: int,
                 prepare_skips[reason] = prepare_skips.get(reason, 0) + n
     else:
         comps = [Component(cfg)]
-        train = sources.SafeSource(_maybe_cached(cfg, comps[0].source("train")))
+        train = sources.SafeSource(sources.maybe_cached(comps[0].source("train"), in_memory))
         label_keys, prepare_skips = comps[0].label_keys, comps[0].prepare_skips
     first = comps[0]
     tokenizer, tokenizer_path = _tokenizer(cfg, first)

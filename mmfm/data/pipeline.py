@@ -28,7 +28,7 @@ import grain
 import numpy as np
 
 from mmfm.data import synthetic
-from mmfm.data.sources import RUNTIME_REASONS, CachedSource
+from mmfm.data.sources import RUNTIME_REASONS, maybe_cached
 from mmfm.data.tokenizers import load_tokenizer
 from mmfm.data.transforms import make_image_transform, make_train_transform, to_uint8_rgb
 
@@ -339,12 +339,11 @@ def _build_captioned_shapes(cfg: dict[str, Any], *, batch_size: int, seed: int,
     train_transform = make_train_transform(
         image_size, crop_scale=tuple(cfg.get("crop_scale") or (1.0, 1.0)),
         flip=bool(cfg.get("flip", False)))
-    train_source = builder.as_data_source(split="train")
-    if cfg.get("in_memory"):
-        train_source = CachedSource(train_source)
+    train_source = maybe_cached(builder.as_data_source(split="train"),
+                                bool(cfg.get("in_memory", False)))
     loader = make_train_loader(
-        train_source, batch_size=batch_size, seed=seed,
-        tokenizer=tokenizer, context_length=context_length, transform=train_transform,
+        train_source, batch_size=batch_size, seed=seed, tokenizer=tokenizer,
+        context_length=context_length, transform=train_transform,
         caption_fn=synthetic.CaptionDropper(drops, whole) if any(drops.values()) else None,
         shard_index=shard_index, shard_count=shard_count,
         worker_count=cfg.get("worker_count", 0), num_threads=cfg.get("num_threads", 2))

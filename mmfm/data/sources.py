@@ -92,6 +92,11 @@ class CachedSource:
         return {"source": self.source, "_records": {}}
 
 
+def maybe_cached(source: Any, in_memory: bool) -> Any:
+    """`source` wrapped in a CachedSource when the data config asks for `in_memory`."""
+    return CachedSource(source) if in_memory else source
+
+
 class PreparedRecord:
     """Adapter for `mmfm data prepare` datasets: bytes -> str captions."""
 

@@ -134,6 +134,7 @@ class CaptionDropper:
     def __call__(self, record: Mapping[str, Any], rng: np.random.Generator) -> str:
         raw = record["objects"]
         objects = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+        # No draw when whole_prob is 0, so configs without it keep their caption streams.
         if self.whole_prob and rng.random() < self.whole_prob:
             return compose_caption(objects)
         return compose_caption(objects, rng, self.drop_probs)

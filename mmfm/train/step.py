@@ -34,19 +34,18 @@ def normalize_images(images_u8: jax.Array, mean, std) -> jax.Array:
     return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
-def make_views(rng, images, tokens, sc: StepConfig):
+def make_views(rng, batch: int, masked_tokens, sc: StepConfig):
     """Contrastive / reconstruction masks of one step (pure functions of the step's rng).
 
-    The MAE / MLM views cover the first `objective.masked_rows(batch)` rows.
+    `masked_tokens` are the rows the MAE / MLM views cover (`objective.masked_rows(batch)`).
     """
     obj, cfg = sc.objective, sc.model.cfg
     r_con, r_mae, r_mlm = jax.random.split(rng, 3)
-    b, n = images.shape[0], cfg.image.num_patches
-    rows = obj.masked_rows(b)
+    rows, n = masked_tokens.shape[0], cfg.image.num_patches
     views: dict[str, Optional[jax.Array]] = dict(con_keep=None, mae_keep=None, mae_mask=None,
                                                  mlm_tokens=None, mlm_mask=None)
     if obj.use_contrastive and obj.patch_drop > 0:
-        views["con_keep"], con_mask = masking.patch_mask(r_con, b, n, obj.patch_drop)
+        views["con_keep"], con_mask = masking.patch_mask(r_con, batch, n, obj.patch_drop)
     if obj.use_mae:
         if obj.shared_image_view:
             views["mae_keep"], views["mae_mask"] = views["con_keep"], con_mask
@@ -54,7 +53,7 @@ def make_views(rng, images, tokens, sc: StepConfig):
             views["mae_keep"], views["mae_mask"] = masking.patch_mask(r_mae, rows, n, obj.mae_ratio)
     if obj.use_mlm:
         views["mlm_tokens"], views["mlm_mask"] = masking.token_mask(
-            r_mlm, tokens[:rows], obj.mlm_ratio, mask_id=sc.mask_id, special_ids=sc.special_ids,
+            r_mlm, masked_tokens, obj.mlm_ratio, mask_id=sc.mask_id, special_ids=sc.special_ids,
             vocab_size=cfg.text.vocab_size)
     return views
 
@@ -63,15 +62,16 @@ def loss_and_metrics(params, batch, rng, sc: StepConfig):
     r_views, r_drop = jax.random.split(rng)
     images = normalize_images(batch["image"], sc.mean, sc.std)
     tokens = batch["tokens"]
-    v = make_views(r_views, images, tokens, sc)
-    rows = sc.objective.masked_rows(images.shape[0])
-    sub = rows < images.shape[0]  # static: the masked views see a sub-batch
+    b = images.shape[0]
+    rows = sc.objective.masked_rows(b)  # static: the masked views may see a sub-batch
+    m_images, m_tokens = images[:rows], tokens[:rows]
+    v = make_views(r_views, b, m_tokens, sc)
     out = sc.model.apply(
         {"params": params}, images, tokens, con_keep=v["con_keep"], mae_keep=v["mae_keep"],
-        mlm_tokens=v["mlm_tokens"], mae_images=images[:rows] if sub else None,
+        mlm_tokens=v["mlm_tokens"], mae_images=m_images if rows < b else None,
         contrastive=sc.objective.use_contrastive, mae_shares_view=sc.objective.shared_image_view,
         train=True, rngs={"dropout": r_drop})
-    return objective(out, images=images[:rows], tokens=tokens[:rows], mae_mask=v["mae_mask"],
+    return objective(out, images=m_images, tokens=m_tokens, mae_mask=v["mae_mask"],
                      mlm_mask=v["mlm_mask"], patch_size=sc.model.cfg.image.patch_size,
                      cfg=sc.objective, mesh=sc.mesh)
 
