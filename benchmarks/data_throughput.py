@@ -51,10 +51,10 @@ def write_corpus(root: str, side: int, count: int) -> str:
 
 def data_rate(data_dir: str, side: int, workers: int, batch: int, batches: int,
               repeats: int) -> float:
-    from mmfm.data import pipeline
+    from mmfm.data.build import build_data
     cfg = dict(name="jsonl", dataset=f"bench{side}", dir=data_dir, image_size=side,
                context_length=32, crop_scale=(0.35, 1.0), flip=True, worker_count=workers)
-    loader = pipeline.build_data(cfg, batch_size=batch, seed=0)[0]
+    loader = build_data(cfg, batch_size=batch, seed=0)[0]
     rates = []
     with iter(loader) as it:
         next(it)  # warm-up: worker start, file opens
@@ -82,7 +82,7 @@ def main() -> None:
     ap.add_argument("--workers", default="0,1,2")
     ap.add_argument("--train-steps", type=int, default=3)
     args = ap.parse_args()
-    from mmfm.data.builders.common import prepare
+    from mmfm.data.builders.corpus import prepare
     data_dir = os.path.join(args.workdir, "tfds")
     for side in (64, 224):
         prepare("jsonl", src=write_corpus(args.workdir, side, args.images), name=f"bench{side}",

@@ -2,7 +2,7 @@
 
     python benchmarks/eval_cost.py --checkpoint runs/demo [--repeats 3]
 
-Loads a demo checkpoint, builds the same arrays `mmfm.evals.runner.run_evals` uses, and times
+Loads a demo checkpoint, builds the same arrays `mmfm.evals.runner.TrainingEvaluator` uses, and times
 `evaluate_arrays` (encode, retrieval, zero-shot, linear probe, few-shot 1/5/10 x 3 seeds).
 The first call includes compilation (what every eval in a fresh training process pays for
 its first eval); later calls are warm. Prints one table of medians plus the metrics.
@@ -26,26 +26,25 @@ def main() -> None:
     p.add_argument("--few_shot", default="1,5,10")
     a = p.parse_args()
 
-    from mmfm.data.pipeline import build_data
+    from mmfm.data.build import build_data
     from mmfm.evals.model_io import EvalModel
-    from mmfm.evals.runner import Encoders, evaluate_arrays, format_table
+    from mmfm.evals.runner import evaluate_arrays, format_table
 
-    m = EvalModel.from_checkpoint(a.checkpoint)
-    cfg: ml_collections.ConfigDict = m.run_config
-    _, eval_arrays, tok, info = build_data(cfg.data, batch_size=int(cfg.batch_size), seed=0)
+    from mmfm import checkpoint
+
+    cfg = ml_collections.ConfigDict(checkpoint.load_run(a.checkpoint, params=False).config)
+    m = EvalModel.from_checkpoint(a.checkpoint, batch_size=int(cfg.evals.batch_size))
+    _, eval_arrays, _, info = build_data(cfg.data, batch_size=int(cfg.batch_size), seed=0)
     t0 = time.perf_counter()
     test = eval_arrays()
     probe = eval_arrays(split="train", max_examples=cfg.evals.probe_train_examples)
     load_s = time.perf_counter() - t0
-    enc = Encoders(m.model, m.params, mean=tuple(cfg.preprocess.mean), std=tuple(cfg.preprocess.std),
-                   tokenizer=tok, context_length=cfg.data.context_length,
-                   batch_size=cfg.evals.batch_size)
     shots = tuple(int(s) for s in a.few_shot.split(",") if s)
     runs, results = [], None
     for _ in range(a.repeats):
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        results = evaluate_arrays(enc, test, probe, dict(info.zeroshot), few_shot=shots,
+        results = evaluate_arrays(m, test, probe, dict(info.zeroshot), few_shot=shots,
                                   timings=timings)
         timings["total"] = time.perf_counter() - t0
         runs.append(timings)

@@ -50,7 +50,7 @@ def vit_b16_clip(scan: bool = True) -> ModelConfig:
         embed_dim=512, init_temperature=0.07).validate()
 
 
-def _optimizer(total_steps: int = 1000):
+def optimizer(total_steps: int = 1000):
     cfg = ml_collections.ConfigDict(dict(name="adamw", lr=1e-3, warmup_steps=10, end_lr_frac=0.0,
                                          b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1,
                                          grad_clip=1.0, freeze=()))
@@ -60,7 +60,7 @@ def _optimizer(total_steps: int = 1000):
 def model_row(name: str, shape, cfg: ModelConfig, batch: int) -> dict:
     mesh, rules = sh.make_mesh(shape), sh.DEFAULT_RULES
     model = TwoTower(cfg)
-    tx, lr_fn = _optimizer()
+    tx, lr_fn = optimizer()
     shardings = state_shardings(model, tx, mesh, rules)
     shapes = jax.eval_shape(functools.partial(create_state, model=model, tx=tx), jax.random.PRNGKey(0))
     abstract = jax.tree.map(lambda s, d: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=d),

@@ -29,7 +29,7 @@ from mmfm.models.multimodal import TwoTower, init_params  # noqa: E402
 from mmfm.models.vit import VisionTransformer  # noqa: E402
 from mmfm.train import flops as flops_lib  # noqa: E402
 from mmfm.train import optim  # noqa: E402
-from mmfm.train.loop import model_config, objective_config  # noqa: E402
+from mmfm.config_utils import model_config, objective_config  # noqa: E402
 from mmfm.train.state import create_state  # noqa: E402
 from mmfm.train.step import StepConfig, train_step  # noqa: E402
 

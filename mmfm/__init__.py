@@ -8,15 +8,16 @@
 Public API only: the zoo (open_clip-style), the losses and the model configs. Everything else is
 implementation, importable from its module.
 """
-__version__ = "0.1.0"
+from mmfm.version import __version__
 
 from mmfm import losses
 from mmfm.api import (create_model, create_model_and_transforms, encode_image, encode_text,
-                      get_tokenizer, list_models, list_pretrained, load_model_info, model_info)
+                      get_tokenizer, list_models, list_pretrained, load_eval_model, load_model_info,
+                      load_run, model_info)
 from mmfm.models.config import ModelConfig, TextConfig, VitConfig
 
 __all__ = [
     "create_model", "create_model_and_transforms", "encode_image", "encode_text", "get_tokenizer",
-    "list_models", "list_pretrained", "load_model_info", "model_info", "losses", "ModelConfig",
+    "list_models", "list_pretrained", "load_eval_model", "load_model_info", "load_run", "model_info", "losses", "ModelConfig",
     "TextConfig", "VitConfig", "__version__",
 ]

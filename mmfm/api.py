@@ -26,10 +26,10 @@ from mmfm.zoo import pretrained as pre_lib
 from mmfm.zoo import registry
 from mmfm.zoo.convert import common
 from mmfm.zoo.registry import ARCHITECTURES, list_models, list_pretrained  # noqa: F401
-from mmfm.zoo.transforms import ImageTransform
+from mmfm.data.preprocess import ImageTransform
 
 __all__ = ["create_model", "create_model_and_transforms", "encode_image", "encode_text",
-           "get_tokenizer", "list_models", "list_pretrained", "load_model_info"]
+           "get_tokenizer", "list_models", "list_pretrained", "load_eval_model", "load_model_info", "load_run"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,6 +174,26 @@ def create_model_and_transforms(name: str, pretrained: Optional[str] = None, **k
     return model, params, ImageTransform(info.preprocess, train=True), ImageTransform(info.preprocess)
 
 
+def load_run(path: str, **kwargs):
+    """A training run's config, metadata and params, read-only (`mmfm.checkpoint.load_run`)."""
+    from mmfm import checkpoint
+    return checkpoint.load_run(path, **kwargs)
+
+
+def load_eval_model(name: str, pretrained: Optional[str] = None, *, batch_size: int = 256):
+    """An `EvalModel` (for `mmfm.evals` evaluators) of an architecture + tag, an export or a file."""
+    from mmfm.evals.model_io import EvalModel
+
+    model, params, info = _create(name, pretrained, mesh=None, overrides=None, sha256=None,
+                                  cache_dir=None, offline=None, seed=0, rules=None)
+    zeroshot = {k: (tuple(v[0]), tuple(v[1])) for k, v in (info.zeroshot or {}).items()}
+    return EvalModel.from_host_params(
+        model, params, batch_size=batch_size, preprocess=info.preprocess,
+        tokenizer=make_tokenizer(info.tokenizer, info.base_dir),
+        context_length=int(info.tokenizer.context_length or model.cfg.text.context_length),
+        zeroshot=zeroshot)
+
+
 def make_tokenizer(spec: registry.TokenizerSpec, base_dir: Optional[str] = None):
     from mmfm.data.tokenizers import load_tokenizer
     from mmfm.zoo.tokenizers import ClipTokenizer, SiglipTokenizer
@@ -188,7 +208,7 @@ def make_tokenizer(spec: registry.TokenizerSpec, base_dir: Optional[str] = None)
     if spec.kind == "siglip":
         return SiglipTokenizer(path, lowercase=spec.lowercase, pad_id=spec.pad_id)
     if spec.kind in ("sentencepiece", "hf"):
-        return load_tokenizer(path)
+        return load_tokenizer(path, lowercase=spec.lowercase)
     raise ValueError(f"unknown tokenizer kind {spec.kind!r}; valid: clip_bpe, siglip, sentencepiece, hf")
 
 

@@ -14,6 +14,10 @@ or process count restores onto another. An unreadable latest step is moved to
 `<workdir>/checkpoints_corrupt/` with a warning and the previous one is used; a checkpoint whose
 shapes do not fit the model raises `CheckpointMismatchError` naming the first differing path.
 
+What a run needs to be used without its training data is recorded with it: the tokenizer file
+(copied by content to `<workdir>/checkpoints/assets/`), the zero-shot class names and templates
+and the preprocessing (in `meta`). `load_run(path)` is the one read-only way to load a run.
+
 Preemption: SIGTERM/SIGINT set a flag; the loop saves the step it just finished, waits for the
 write and stops. In multi-process runs JAX's preemption service (which owns SIGTERM there) picks
 one sync step for all hosts (`multihost_utils.reached_preemption_sync_point`).
@@ -24,6 +28,8 @@ save is still in flight.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import importlib.metadata
 import json
 import logging
@@ -95,7 +101,7 @@ def _git_hash() -> Optional[str]:
 
 def run_metadata(trainer=None) -> dict:
     """What produced a checkpoint: versions, git hash, mesh, process count, model config."""
-    from mmfm import __version__
+    from mmfm.version import __version__
 
     versions = {}
     for pkg in _PACKAGES:
@@ -109,7 +115,39 @@ def run_metadata(trainer=None) -> dict:
         from mmfm.models.config import model_config_to_dict
         meta["mesh"] = {k: int(v) for k, v in trainer.mesh.shape.items()}
         meta["model"] = model_config_to_dict(trainer.model_cfg)
+        cfg, info = trainer.config, trainer.data_info
+        meta["zeroshot"] = {k: [list(n), list(t)] for k, (n, t) in dict(info.zeroshot).items()}
+        meta["preprocess"] = {"image_size": int(cfg.data.image_size),
+                              "mean": list(cfg.preprocess.mean), "std": list(cfg.preprocess.std),
+                              "interpolation": "bilinear", "resize_mode": "shortest"}
+        meta["tokenizer"] = {"source": os.path.abspath(info.tokenizer_path),
+                             "lowercase": bool(cfg.data.get("lowercase", False))}
     return meta
+
+
+ASSETS_DIR = "assets"
+
+
+def record_tokenizer(root: str, meta: dict) -> None:
+    """Copies the run's tokenizer file into `<root>/assets/` (by content) and notes it in `meta`.
+
+    Process 0 writes, through a temporary name, so a reader never sees a partial file.
+    """
+    tok = meta.get("tokenizer")
+    if not tok or "source" not in tok:
+        return
+    with open(tok["source"], "rb") as f:
+        data = f.read()
+    digest = hashlib.sha256(data).hexdigest()
+    rel = os.path.join(ASSETS_DIR, f"{digest[:16]}-{os.path.basename(tok['source'])}")
+    dest = os.path.join(root, rel)
+    if jax.process_index() == 0 and not os.path.isfile(dest):
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        tmp = f"{dest}.tmp-{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, dest)
+    tok.update(file=rel, sha256=digest)
 
 
 # ----------------------------------------------------------------------------- tree checks
@@ -218,10 +256,17 @@ def _maybe_test_kill(step: int) -> None:
 # ----------------------------------------------------------------------------- the checkpointer
 
 def _manager(root: str, *, keep: Optional[int] = None, read_only: bool = False):
-    opts = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True,
-                                        cleanup_tmp_directories=not read_only, read_only=read_only,
-                                        create=not read_only)
-    return ocp.CheckpointManager(root, options=opts, handler_registry=_registry())
+    absl_log = logging.getLogger("absl")
+    level = absl_log.level
+    if read_only:  # Orbax warns that a read-only manager is read-only: what was asked for
+        absl_log.setLevel(logging.ERROR)
+    try:
+        opts = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True,
+                                            cleanup_tmp_directories=not read_only,
+                                            read_only=read_only, create=not read_only)
+        return ocp.CheckpointManager(root, options=opts, handler_registry=_registry())
+    finally:
+        absl_log.setLevel(level)
 
 
 def _saved_state_tree(manager, step: int):
@@ -283,6 +328,7 @@ class Checkpointer:
         self.root = checkpoint_root(workdir)
         self.manager = _manager(self.root, keep=keep)
         self.meta = run_metadata(trainer)
+        record_tokenizer(self.root, self.meta)
         self.config_json = json.loads(config.to_json_best_effort()) \
             if hasattr(config, "to_json_best_effort") else dict(config)
         self.preempted = False
@@ -372,13 +418,14 @@ class Checkpointer:
         self._last_saved = step
 
     def maybe_save(self, step: int, state, data_iter,
-                   before_save: Optional[Callable[[], None]] = None) -> None:
-        """Every `checkpoint_every` steps, and on preemption (then waits and sets `preempted`).
+                   before_save: Optional[Callable[[], None]] = None, *, final: bool = False) -> None:
+        """Every `checkpoint_every` steps, at the `final` step, and on preemption (then waits and
+        sets `preempted`).
 
         `before_save` runs first (the loop flushes its logs, so they are durable up to `step`).
         """
         self.preempted = self._check_preemption(step)
-        if self.preempted or (self.every and step % self.every == 0):
+        if self.preempted or final or (self.every and step % self.every == 0):
             if before_save is not None and self._last_saved != step:
                 before_save()
             self.save(step, state, data_iter)
@@ -420,3 +467,92 @@ def load_state(path: str, step: Optional[int] = None) -> tuple[int, dict]:
         return step, out["state"]
     finally:
         src.close()
+
+
+# ----------------------------------------------------------------------------- reading a run
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A trained run as its checkpoint recorded it (see `load_run`)."""
+    workdir: str
+    root: str  # the checkpoints/ directory
+    step: int
+    config: dict  # the experiment config saved with this step (JSON)
+    meta: dict  # versions, mesh, model config, tokenizer, zero-shot names, preprocessing
+    params: Any  # nested dicts of arrays, or None when loaded with params=False
+
+    @property
+    def model_config(self) -> dict:
+        return self.meta["model"]
+
+    @property
+    def tokenizer_file(self) -> str:
+        """Absolute path of the tokenizer copy inside the run (read it, never write it)."""
+        return os.path.join(self.root, self.meta["tokenizer"]["file"])
+
+    @property
+    def tokenizer_lowercase(self) -> bool:
+        return bool(self.meta["tokenizer"].get("lowercase", False))
+
+    @property
+    def zeroshot(self) -> dict:
+        """{label key: (class names, templates)} of the training data."""
+        return {k: (tuple(v[0]), tuple(v[1])) for k, v in self.meta.get("zeroshot", {}).items()}
+
+    @property
+    def preprocess(self) -> dict:
+        return dict(self.meta["preprocess"])
+
+
+def _restore_json(manager, step: int) -> tuple[dict, dict]:
+    out = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore(),
+                                                        meta=ocp.args.JsonRestore()))
+    return dict(out["config"] or {}), dict(out["meta"] or {})
+
+
+def _restore_params_as_saved(manager, step: int, target=None):
+    """Params of `step`: numpy arrays, or onto `target`'s shardings (ShapeDtypeStructs)."""
+    saved = _flat_get(_saved_state_tree(manager, step), "params")
+    if target is None:
+        item = {"params": saved}
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+    else:
+        check_compatible({"params": saved}, {"params": target}, where=f"{manager.directory}/{step}")
+        item = {"params": target}
+        restore_args = ocp.checkpoint_utils.construct_restore_args(item)
+    out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=item, restore_args=restore_args, partial_restore=True)))
+    return out["state"]["params"]
+
+
+def load_run(path: str, *, step: Optional[int] = None, params: bool = True,
+             target=None) -> Run:
+    """Reads a trained run: its config, metadata and params. The one way to load a run.
+
+    `path` is a workdir, its checkpoints/ directory or a step directory; `step` None = the
+    newest finalised step (a step being written by a live run is not listed). Strictly
+    read-only: opens no writable manager, installs no signal handler, moves or deletes nothing,
+    and needs neither the training data nor the launch directory. `target`: a tree of
+    `jax.ShapeDtypeStruct`s with shardings to restore the params onto (default: numpy).
+    """
+    root, path_step = resolve(path)
+    src = _manager(root, read_only=True)
+    try:
+        steps = sorted(src.all_steps())
+        want = step if step is not None else path_step
+        if want is not None and want not in steps:
+            raise FileNotFoundError(f"{path}: step {want} is not a finalised checkpoint in {root} "
+                                    f"(steps: {steps})")
+        if not steps:
+            raise FileNotFoundError(f"{path}: no finalised checkpoint in {root}")
+        chosen = want if want is not None else steps[-1]
+        config, meta = _restore_json(src, chosen)
+        if "tokenizer" not in meta or "file" not in meta.get("tokenizer", {}):
+            raise FileNotFoundError(f"{root}/{chosen}: this checkpoint records no tokenizer (it was "
+                                    "written by an older mmfm); resume the run once with this "
+                                    "version to record it")
+        tree = _restore_params_as_saved(src, chosen, target) if params else None
+    finally:
+        src.close()
+    return Run(workdir=os.path.dirname(root), root=root, step=int(chosen), config=config,
+               meta=meta, params=tree)

@@ -1,15 +1,21 @@
-"""Experiment-config loading and `--config.key=value` checking with messages that list valid keys.
+"""The config boundary: experiment configs loaded, checked and translated into typed configs.
 
 ml_collections' own error for an unknown override is a bare AttributeError; we check every
 override path against the loaded (locked) config first and name the valid keys at that level.
+`model_config` / `objective_config` turn an experiment config into the frozen dataclasses the
+model and the objective take (they never see the experiment config itself).
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
-from typing import Sequence
 
 import ml_collections
+
+from mmfm import sharding as sh
+from mmfm.losses.objective import ObjectiveConfig
+from mmfm.models.config import ModelConfig, model_config_from_dict
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
@@ -42,25 +48,38 @@ def check_override_path(config: ml_collections.ConfigDict, dotted: str) -> None:
                          "not a group of keys")
 
 
-def config_overrides(argv: Sequence[str], flag: str = "config") -> tuple[str | None, list[str]]:
-    """(config spec, [override paths]) from argv-style flags."""
-    spec, paths = None, []
-    args = list(argv)
-    for i, a in enumerate(args):
-        if a == f"--{flag}" and i + 1 < len(args):
-            spec = args[i + 1]
-        elif a.startswith(f"--{flag}="):
-            spec = a.split("=", 1)[1]
-        elif a.startswith(f"--{flag}."):
-            paths.append(a[len(flag) + 3:].split("=", 1)[0])
-    return spec, paths
+def model_config(config, tokenizer=None) -> ModelConfig:
+    """Model config from `config.model`; vocabulary and special ids come from the tokenizer."""
+    text = {}
+    if tokenizer is not None:
+        text = dict(vocab_size=tokenizer.vocab_size, eot_id=tokenizer.eot_id, pad_id=tokenizer.pad_id)
+    text["context_length"] = config.data.context_length
+    model = config.model.to_dict() if hasattr(config.model, "to_dict") else dict(config.model)
+    model.setdefault("image", {})
+    model["image"] = dict(model["image"], image_size=config.data.image_size)
+    return model_config_from_dict(model, **text)
 
 
-def check_argv(argv: Sequence[str], flag: str = "config") -> None:
-    """Validate every `--config.x.y=` in argv against the config file before absl parses it."""
-    spec, paths = config_overrides(argv, flag)
-    if spec is None or not paths:
+def objective_config(config) -> ObjectiveConfig:
+    loss = config.loss.to_dict() if hasattr(config.loss, "to_dict") else dict(config.loss)
+    valid = {f.name for f in dataclasses.fields(ObjectiveConfig)}
+    unknown = sorted(set(loss) - valid)
+    if unknown:
+        raise ValueError(f"loss: unknown key(s) {unknown}; valid keys: {sorted(valid)}")
+    return ObjectiveConfig(**loss).validate()
+
+
+def check_batch(config, mesh) -> None:
+    sh.check_batch_axes(mesh, config.batch_size)
+    obj = objective_config(config)
+    rows, shards = obj.masked_rows(config.batch_size), sh.num_batch_shards(mesh)
+    if not (obj.use_mae or obj.use_mlm):
         return
-    config = load_config(spec)
-    for p in paths:
-        check_override_path(config, p)
+    if config.batch_size % rows:
+        raise ValueError(f"loss.masked_batch_frac={obj.masked_batch_frac} gives {rows} of "
+                         f"{config.batch_size} rows to MAE/MLM, which does not divide the batch "
+                         f"(use a fraction such as 1/2, 1/4, 1/8)")
+    if rows % shards:
+        raise ValueError(f"loss.masked_batch_frac={obj.masked_batch_frac} gives {rows} of "
+                         f"{config.batch_size} rows to MAE/MLM, not divisible by the {shards} "
+                         f"devices of the mesh's batch axes")

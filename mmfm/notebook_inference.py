@@ -14,7 +14,8 @@ import numpy as np
 
 from mmfm import masking
 from mmfm.evals.zeroshot import class_embeddings
-from mmfm.losses.masked import NORM_PIX_EPS, patchify, unpatchify
+from mmfm.losses.masked import NORM_PIX_EPS
+from mmfm.patches import patchify, unpatchify
 
 
 def embed_images(model, params, images: np.ndarray, preprocess: Callable, batch_size: int = 64

@@ -123,7 +123,7 @@ def quiet_logs() -> None:
 
 def ensure_data(config) -> None:
     """Builds `config.data` if missing, under a lock: notebooks run in parallel share one data dir."""
-    from mmfm.data.pipeline import build_data
+    from mmfm.data.build import build_data
 
     quiet_logs()
     with _file_lock(os.path.join(workspace(), ".data-lock")):
@@ -132,7 +132,7 @@ def ensure_data(config) -> None:
 
 def train(config, workdir: str, *, max_steps: Optional[int] = None) -> dict:
     """`mmfm train` from Python: train (or resume) in `workdir`; returns the final eval results."""
-    from mmfm.train.loop import train_and_evaluate
+    from mmfm.evals.runner import train_and_evaluate
 
     ensure_data(config)
     return train_and_evaluate(config, workdir, max_steps=max_steps)
@@ -183,13 +183,13 @@ def demo_assets(*, data_dir: Optional[str] = None, overrides: Optional[dict] = N
 def _run_config(workdir: str):
     import ml_collections
 
-    with open(os.path.join(workdir, "run_info.json")) as f:
-        return ml_collections.ConfigDict(json.load(f)["config"])
+    from mmfm import checkpoint
+    return ml_collections.ConfigDict(checkpoint.load_run(workdir, params=False).config)
 
 
 def test_set(assets: DemoAssets, max_examples: Optional[int] = None, split: str = "test") -> dict:
     """Eval split of the assets' data: {"image": uint8 [n,S,S,3], "tokens", "caption", labels...}."""
-    from mmfm.data.pipeline import build_data
+    from mmfm.data.build import build_data
 
     _, eval_arrays, _, _ = build_data(assets.config.data, batch_size=8, seed=0)
     return eval_arrays(split, max_examples)

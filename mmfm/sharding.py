@@ -14,6 +14,7 @@ parallelism (`mlp`, `heads`, `vocab` split over 'tensor'). The batch is always s
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from typing import Any, Mapping, Sequence
@@ -114,6 +115,20 @@ def mesh_from_config(mesh_cfg, devices=None) -> tuple[Mesh, tuple[tuple[str, Any
     get = mesh_cfg.get if hasattr(mesh_cfg, "get") else lambda k, d=None: getattr(mesh_cfg, k, d)
     rules = normalize_rules(get("rules", DEFAULT_RULES))
     return make_mesh(tuple(get("shape", (-1, 1, 1))), devices), rules
+
+
+@contextlib.contextmanager
+def mesh_context(mesh: Mesh, rules):
+    """`jax.set_mesh` + flax logical axis rules, so logical constraints resolve to `mesh`."""
+    import flax.linen as nn  # flax loads only where models run
+
+    with jax.set_mesh(mesh), nn.logical_axis_rules(tuple(rules)):
+        yield
+
+
+def local_mesh() -> Mesh:
+    """A one-axis ('data') mesh over this process's devices: host-local work such as metrics."""
+    return Mesh(np.asarray(jax.local_devices()), ("data",))
 
 
 def batch_spec() -> P:

@@ -1,9 +1,9 @@
 """Fine-tune the demo's image tower to classify a captioned-shapes attribute (shape by default).
 
 Run (after the demo):
-  python -m mmfm.evals.finetune --config experiments/configs/finetune_shapes.py \
+  mmfm finetune --config experiments/configs/finetune_shapes.py \
       --workdir runs/ft_shape --config.init_from=runs/demo --config.data.dir=data
-  python -m mmfm.evals.finetune --config experiments/configs/finetune_shapes.py:tiny \
+  mmfm finetune --config experiments/configs/finetune_shapes.py:tiny \
       --workdir /tmp/ft_tiny --config.init_from=/tmp/demo_tiny --config.data.dir=/tmp/data
 
 The labelled set is the first `train_examples` training images with one object (the probe's set

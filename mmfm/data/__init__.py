@@ -15,8 +15,9 @@ _EXPORTS = {
     "sources": ("MixtureSource", "SafeSource", "pick_caption"),
     "catalog": ("CATALOG", "open_catalog"),
     "builders": ("prepare", "read_summary"),
-    "pipeline": ("DATASETS", "DataInfo", "TrainIterator", "TrainLoader", "build_data",
-                 "load_eval_arrays", "make_train_loader"),
+    "pipeline": ("DataInfo", "TrainIterator", "TrainLoader", "load_eval_arrays",
+                 "make_train_loader"),
+    "build": ("DATASETS", "build_data"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

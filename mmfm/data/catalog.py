@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from mmfm.data.sources import _text
+from mmfm.data.sources import as_text
 
 TEMPLATES = ("a photo of a {}.", "a blurry photo of a {}.", "a photo of the {}.",
              "a close-up photo of a {}.", "a low resolution photo of a {}.")
@@ -66,7 +66,7 @@ class CatalogRecord:
             out[key] = np.int32(record[key])
         if self.spec.captions_key:
             texts = record[self.spec.captions_key]["text"]
-            captions = [_text(t) for t in np.asarray(texts).reshape(-1)]
+            captions = [as_text(t) for t in np.asarray(texts).reshape(-1)]
         else:  # the first label names the image
             name = self.class_names[self.spec.label_keys[0]][int(record[self.spec.label_keys[0]])]
             captions = [t.format(name) for t in self.templates]
@@ -118,10 +118,10 @@ def open_catalog(name: str, data_dir: str | None, split: str,
     info = CatalogInfo(name, {k: (v, tuple(templates)) for k, v in class_names.items()},
                        {s: int(builder.info.splits[t].num_examples)
                         for s, t in spec.splits.items() if t in builder.info.splits})
-    return _Adapted(source, CatalogRecord(spec, class_names, templates)), info
+    return AdaptedSource(source, CatalogRecord(spec, class_names, templates)), info
 
 
-class _Adapted:
+class AdaptedSource:
     """source[i] -> adapter(source[i]); picklable when both are."""
 
     def __init__(self, source: Any, adapt: Any):

@@ -1,6 +1,6 @@
 """`build_data` entries for prepared corpora (wds, jsonl), catalog datasets and mixtures.
 
-Selected by `config.data.name` (see `pipeline.DATASETS`); the keys they read:
+Selected by `config.data.name` (see `build.DATASETS`); the keys they read:
 
   dir            TFDS data dir (prepared corpora live in dir/<wds|jsonl>/<dataset>/1.0.0)
   dataset        prepared corpus name, for name=wds|jsonl (`mmfm data prepare --name`)
@@ -101,7 +101,7 @@ class Component:
         if split not in self.splits:
             raise ValueError(f"{self.name} has splits {list(self.splits)}, not {split!r}")
         if self.name in CORPUS_FORMATS:
-            return catalog._Adapted(self.builder.as_data_source(split=split),
+            return catalog.AdaptedSource(self.builder.as_data_source(split=split),
                                     sources.PreparedRecord())
         if split == "train":
             return self._train
@@ -120,7 +120,7 @@ def _tokenizer(cfg: Mapping[str, Any], component: Component):
 def build_corpus_or_catalog(cfg: dict[str, Any], *, batch_size: int, seed: int,
                             shard_index: int, shard_count: int):
     """The `build_data` entry for wds, jsonl, catalog names and `mixture`."""
-    from mmfm.data import pipeline
+    from mmfm.data import pipeline  # the loader layer below this module
     _check_keys(cfg, repr(cfg.get("name")))
     in_memory = bool(cfg.get("in_memory", False))
     if cfg.get("name") == "mixture":

@@ -25,7 +25,7 @@ RUNTIME_REASONS = ("read_error", "decode_error")
 _MAX_TRIES = 16
 
 
-def _text(value: Any) -> str:
+def as_text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, (bytes, bytearray)) else str(value)
 
 
@@ -101,8 +101,8 @@ class PreparedRecord:
     """Adapter for `mmfm data prepare` datasets: bytes -> str captions."""
 
     def __call__(self, record: Mapping[str, Any]) -> dict[str, Any]:
-        captions = [_text(c) for c in record["captions"]] or [_text(record["caption"])]
-        return {"image": record["image"], "caption": _text(record["caption"]),
+        captions = [as_text(c) for c in record["captions"]] or [as_text(record["caption"])]
+        return {"image": record["image"], "caption": as_text(record["caption"]),
                 "captions": captions}
 
 
@@ -110,8 +110,8 @@ def pick_caption(record: Mapping[str, Any], rng: np.random.Generator) -> str:
     """Training caption: uniformly one of `captions` (falls back to `caption`)."""
     captions = record.get("captions")
     if captions is None or len(captions) == 0:
-        return _text(record["caption"])
-    return _text(captions[int(rng.integers(len(captions)))])
+        return as_text(record["caption"])
+    return as_text(captions[int(rng.integers(len(captions)))])
 
 
 class MixtureSource:

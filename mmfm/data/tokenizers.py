@@ -13,10 +13,11 @@ them. `load_tokenizer(path)` picks the right one from the file name.
 from __future__ import annotations
 
 import io
+import json
 import itertools
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import sentencepiece as spm
@@ -27,7 +28,7 @@ PAD_ID, UNK_ID, BOS_ID, EOT_ID = 0, 1, 2, 3
 MASK_PIECE = "<mask>"
 
 
-def _as_list(texts: str | Sequence[str]) -> list[str]:
+def as_text_list(texts: str | Sequence[str]) -> list[str]:
     if isinstance(texts, str):
         return [texts]
     texts = list(texts)
@@ -37,7 +38,7 @@ def _as_list(texts: str | Sequence[str]) -> list[str]:
     return texts
 
 
-def _layout(pieces: list[list[int]], context_length: int, bos_id: int | None, eot_id: int,
+def layout_rows(pieces: list[list[int]], context_length: int, bos_id: int | None, eot_id: int,
             pad_id: int) -> np.ndarray:
     """Packs piece ids into `[BOS] pieces [EOT] [PAD]...` rows, keeping EOT when truncating."""
     prefix = [] if bos_id is None else [bos_id]
@@ -56,8 +57,8 @@ class _RowLayout:
 
     def __call__(self, texts: str | Sequence[str], context_length: int) -> np.ndarray:
         """Tokenizes to int32 [n, context_length] rows `[BOS] pieces [EOT] [PAD]...`."""
-        pieces = [self.encode(t) for t in _as_list(texts)]
-        return _layout(pieces, context_length, self.bos_id, self.eot_id, self.pad_id)
+        pieces = [self.encode(t) for t in as_text_list(texts)]
+        return layout_rows(pieces, context_length, self.bos_id, self.eot_id, self.pad_id)
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
         """Text of one row of ids; special ids (and anything after EOT) are ignored."""
@@ -226,6 +227,34 @@ class HFTokenizer(_RowLayout):
 
     def __repr__(self) -> str:
         return f"HFTokenizer({self.path!r}, vocab_size={self.vocab_size})"
+
+
+def iter_texts(path: str) -> Iterator[str]:
+    """Captions from a text file (one per line), a jsonl file (caption/captions fields) or a
+    prepared dataset directory (its train split's captions)."""
+    if os.path.isdir(path):
+        import tensorflow_datasets as tfds
+        source = tfds.builder_from_directory(path).as_data_source(split="train")
+        for i in range(len(source)):
+            for c in source[i]["captions"]:
+                yield c.decode("utf-8") if isinstance(c, bytes) else str(c)
+        return
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--input not found: {path}")
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            if path.endswith(".jsonl"):
+                try:
+                    obj = json.loads(line)
+                except ValueError as e:
+                    raise ValueError(f"{path}:{lineno}: not JSON: {e}") from e
+                captions = obj.get("captions") or [obj.get("caption")]
+                yield from (c for c in captions if isinstance(c, str))
+            else:
+                yield line
 
 
 def load_tokenizer(path: str, **kwargs) -> Tokenizer | HFTokenizer:

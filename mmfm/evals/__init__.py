@@ -6,8 +6,11 @@ linear_probe: multinomial logistic regression (L-BFGS in JAX), full and few-shot
 
 Built on these (import the modules directly; they load TFDS/flax models):
   evaluators: `config.evals.evaluators` -> Evaluator objects (zeroshot, retrieval, linear_probe,
-    few_shot, mae_pictures) run during training (runner.run_evals) and by `mmfm eval` (standalone).
-  model_io.EvalModel: params + preprocessing + tokenizer from a checkpoint, a trainer or the zoo.
+    few_shot, mae_pictures) run during training (runner.TrainingEvaluator) and by `mmfm eval`
+    (standalone).
+  encoders.MeshEncoder: jitted encoders on the training mesh (sharded params, sharded eval batch).
+  model_io.EvalModel: params + preprocessing + tokenizer from a checkpoint or a trainer
+    (zoo models: `mmfm.load_eval_model`).
   datasets: named eval datasets (cifar10/100, imagenet2012, coco_captions, captioned_shapes) and
     the shipped class names / prompt templates (mmfm/evals/data/*.json).
   pictures: PIL grids of top retrievals and MAE reconstructions.

@@ -21,6 +21,7 @@ from typing import Any, Mapping, Optional
 import jax
 import numpy as np
 
+from mmfm import sharding as sh
 from mmfm.evals import datasets as ds
 from mmfm.evals.linear_probe import DEFAULT_L2_GRID, few_shot_probe, linear_probe
 from mmfm.evals.model_io import EvalModel
@@ -133,10 +134,8 @@ class Evaluator:
                                  max_examples=c["max_examples"], shapes=self.shapes)
         img = m.encode_image_source(data.images)
         txt = m.encode_texts(data.captions)
-        mesh = None
-        if jax.device_count() > 1:  # query blocks over every device; identical numbers (exact ranks)
-            mesh = jax.make_mesh((jax.device_count(),), ("data",),
-                                 axis_types=(jax.sharding.AxisType.Auto,))
+        # Query blocks over this process's devices (embeddings are host-local); exact ranks.
+        mesh = sh.local_mesh() if jax.local_device_count() > 1 else None
         out = retrieval_metrics(img, txt, data.text_to_image, tuple(c["ks"]),
                                 block_size=c["block_size"], mesh=mesh)
         if c["pictures"] and workdir:
@@ -183,8 +182,13 @@ class Evaluator:
         n = min(int(c["num_images"]), len(data.images))
         images = m.preprocess_images(data.images.images(range(n)))
         ratio = float(c["ratio"] if c["ratio"] is not None else m.mae.get("ratio", 0.75))
+        model = m.model
+        decode = lambda p, x, k: model.apply({"params": p}, x, k, method=pictures.mae_decode)
+        predict = lambda x, k: m.encoder.map_batches("mae", decode, m.params, np.asarray(x),
+                                                     np.asarray(k))
         rec = pictures.mae_reconstruct(m.model, m.params, images, ratio=ratio,
-                                       norm_pix=m.mae.get("norm_pix", True), seed=int(c["seed"]))
+                                       norm_pix=m.mae.get("norm_pix", True), seed=int(c["seed"]),
+                                       predict=predict)
         if workdir:
             path = os.path.join(workdir, "pictures", f"{self.name}_step{step}.png")
             pictures.write_mae_grid(path, rec, mean=m.preprocess.mean, std=m.preprocess.std)

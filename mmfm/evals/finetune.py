@@ -1,6 +1,6 @@
 """Full fine-tuning of the image tower with a classification head, next to its linear probe.
 
-    python -m mmfm.evals.finetune --config experiments/configs/finetune_shapes.py \
+    mmfm finetune --config experiments/configs/finetune_shapes.py \
         --workdir runs/ft_shape --config.init_from=runs/demo --config.data.dir=data
 
 `ImageClassifier` = the pretrained image tower (`img/...`, same parameter paths as `TwoTower`)
@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import re
-import sys
 import time
 from typing import Any
 
@@ -56,21 +55,15 @@ class ImageClassifier(nn.Module):
 
 
 def load_pretrained_image_tower(path: str) -> tuple[ModelConfig, dict, Any]:
-    """(model config, `img` params, the run's config) from a training workdir / checkpoint."""
+    """(model config, `img` params, the run's config) from a training run (`checkpoint.load_run`)."""
     import ml_collections
 
     from mmfm import checkpoint
-    from mmfm.train.loop import model_config
+    from mmfm.models.config import model_config_from_dict
 
-    root, _ = checkpoint.resolve(path)
-    info_path = os.path.join(os.path.dirname(os.path.normpath(root)), "run_info.json")
-    if not os.path.isfile(info_path):
-        raise FileNotFoundError(f"init_from={path!r}: {info_path} not found (expected a training "
-                                "workdir, its checkpoints/ dir or a step dir)")
-    with open(info_path) as f:
-        run_cfg = ml_collections.ConfigDict(json.load(f)["config"])
-    _, state = checkpoint.load_state(path)
-    return model_config(run_cfg), jax.tree.map(np.asarray, state["params"]["img"]), run_cfg
+    run = checkpoint.load_run(path)
+    return (model_config_from_dict(run.model_config), run.params["img"],
+            ml_collections.ConfigDict(run.config))
 
 
 def _labels(params, freeze):
@@ -125,8 +118,7 @@ def _normalize(images_u8, norm):
 
 def _load_split(cfg, split: str, max_examples):
     from mmfm.evals import datasets as ds
-    from mmfm.zoo.registry import Preprocess
-    from mmfm.zoo.transforms import ImageTransform
+    from mmfm.data.preprocess import ImageTransform, Preprocess
 
     d = cfg.data
     shapes = {k: d[k] for k in ("image_size", "num_train", "num_test", "seed")}
@@ -148,7 +140,7 @@ def finetune(cfg, workdir: str) -> dict:
     if cfg.init_from:
         model_cfg, img_params, _ = load_pretrained_image_tower(cfg.init_from)
     else:
-        from mmfm.train.loop import model_config
+        from mmfm.config_utils import model_config
         model_cfg, img_params = model_config(cfg), None
     model = ImageClassifier(model_cfg, num_classes)
     dummy = jnp.zeros((1, model_cfg.image.image_size, model_cfg.image.image_size, 3), jnp.float32)
@@ -213,24 +205,3 @@ def finetune(cfg, workdir: str) -> dict:
         json.dump(results, f, indent=1)
     print(json.dumps(results, indent=1), flush=True)
     return results
-
-
-def main(argv=None) -> None:
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file("config", None, "fine-tuning config file", lock_config=True)
-    flags.DEFINE_string("workdir", None, "output directory")
-
-    def run(_):
-        from mmfm.cli import _setup_logging
-        _setup_logging()
-        if flags.FLAGS.config is None or flags.FLAGS.workdir is None:
-            raise app.UsageError("--config and --workdir are required")
-        finetune(flags.FLAGS.config, flags.FLAGS.workdir)
-
-    app.run(run, argv=argv or sys.argv)
-
-
-if __name__ == "__main__":
-    main()

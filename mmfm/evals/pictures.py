@@ -21,7 +21,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from mmfm import masking
-from mmfm.losses.masked import NORM_PIX_EPS, patchify, unpatchify
+from mmfm.losses.masked import NORM_PIX_EPS
+from mmfm.patches import patchify, unpatchify
 
 __all__ = ["grid", "mae_reconstruct", "to_uint8", "write_mae_grid", "write_retrieval_grid"]
 
@@ -54,14 +55,22 @@ def grid(rows: Sequence[Sequence[np.ndarray]], *, scale: int = 1, pad: int = _PA
     return canvas
 
 
+def mae_decode(mdl, images, keep_idx):
+    """The MAE decoder's `[B, N, P*P*3]` prediction for images with only `keep_idx` visible."""
+    _, out = mdl.encode_image(images, keep_idx=keep_idx)
+    return mdl.mae_decoder(out["tokens"], keep_idx)
+
+
 def mae_reconstruct(model, params, images_bhwc, *, ratio: float = 0.75, norm_pix: bool = True,
-                    seed: int = 0) -> dict:
+                    seed: int = 0, predict=None) -> dict:
     """Masks random patches and reconstructs them with the model's MAE decoder.
 
     Args:
       images_bhwc: float32 `[B, H, W, 3]`, normalised with the model's mean/std.
       ratio: fraction of patches removed.
       norm_pix: whether the model was trained with per-patch normalised targets.
+      predict: `(images, keep) -> prediction` to run the decoder elsewhere (e.g. an
+        `EvalModel`'s mesh); default `model.apply` of `mae_decode` on `params`.
 
     Returns:
       {"images", "masked", "recon", "pasted": float32 `[B, H, W, 3]` (normalised space),
@@ -73,11 +82,9 @@ def mae_reconstruct(model, params, images_bhwc, *, ratio: float = 0.75, norm_pix
     n = model.cfg.image.num_patches
     keep, mask = masking.patch_mask(jax.random.PRNGKey(seed), b, n, ratio)
 
-    def decode(mdl, x, keep_idx):
-        _, out = mdl.encode_image(x, keep_idx=keep_idx)
-        return mdl.mae_decoder(out["tokens"], keep_idx)
-
-    pred = jnp.asarray(model.apply({"params": params}, images, keep, method=decode), jnp.float32)
+    if predict is None:
+        predict = lambda x, k: model.apply({"params": params}, x, k, method=mae_decode)
+    pred = jnp.asarray(predict(images, keep), jnp.float32)
     target = patchify(images, p)  # [B, N, P*P*3]
     if norm_pix:  # the decoder predicts normalised patches: put them back on the true statistics
         mu = jnp.mean(target, axis=-1, keepdims=True)

@@ -2,6 +2,7 @@
 
 Glue between a model + params and the pure metric functions (retrieval, zeroshot, linear_probe).
 Results are printed as a table, logged to metrics.jsonl/TensorBoard and written to eval.json.
+`train_and_evaluate` is the training loop (`mmfm.train.loop.train`) with these evaluations.
 """
 from __future__ import annotations
 
@@ -9,58 +10,21 @@ import json
 import logging
 import os
 import time
-from typing import Sequence
+from typing import Optional, Sequence
 
-import jax
 import numpy as np
 
+from mmfm.evals.encoders import MeshEncoder
 from mmfm.evals.linear_probe import few_shot_probe, linear_probe
+from mmfm.evals.model_io import EvalModel
 from mmfm.evals.retrieval import retrieval_metrics
 from mmfm.evals.zeroshot import class_embeddings, zeroshot_accuracy
-from mmfm.train.step import normalize_images
+from mmfm.train.loop import train
 
 log = logging.getLogger("mmfm")
 
 
-class Encoders:
-    """Batched, jitted image/text encoding for one set of params. Outputs numpy [n, embed_dim]."""
-
-    def __init__(self, model, params, *, mean, std, tokenizer, context_length: int, batch_size: int = 256):
-        self.params, self.tokenizer, self.context_length = params, tokenizer, context_length
-        self.batch_size = batch_size
-
-        @jax.jit
-        def enc_img(params, images_u8):
-            x = normalize_images(images_u8, mean, std)
-            return model.apply({"params": params}, x, method=model.encode_image)[0]
-
-        @jax.jit
-        def enc_txt(params, tokens):
-            return model.apply({"params": params}, tokens, method=model.encode_text)[0]
-
-        self._img, self._txt = enc_img, enc_txt
-
-    def _batched(self, fn, x: np.ndarray) -> np.ndarray:
-        out, n, bs = [], len(x), self.batch_size
-        for i in range(0, n, bs):
-            chunk = x[i:i + bs]
-            pad = bs - len(chunk)  # pad the last chunk so every call has one shape (one compile)
-            if pad:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-            out.append(np.asarray(fn(self.params, chunk))[:bs - pad])
-        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
-
-    def images(self, images_u8: np.ndarray) -> np.ndarray:
-        return self._batched(self._img, images_u8)
-
-    def tokens(self, tokens: np.ndarray) -> np.ndarray:
-        return self._batched(self._txt, tokens)
-
-    def texts(self, texts: Sequence[str]) -> np.ndarray:
-        return self.tokens(self.tokenizer(list(texts), self.context_length))
-
-
-def evaluate_arrays(enc: Encoders, test: dict, probe_train: dict | None, zeroshot: dict, *,
+def evaluate_arrays(m: EvalModel, test: dict, probe_train: dict | None, zeroshot: dict, *,
                     few_shot: Sequence[int] = (1, 5, 10), few_shot_seeds: Sequence[int] = (0, 1, 2),
                     timings: dict | None = None) -> dict:
     """All metrics for one eval split (`test`) and optional probe-training arrays.
@@ -73,8 +37,8 @@ def evaluate_arrays(enc: Encoders, test: dict, probe_train: dict | None, zerosho
     timings = {} if timings is None else timings
     results: dict[str, float] = {}
     t0 = time.perf_counter()
-    img = enc.images(test["image"])
-    txt = enc.tokens(test["tokens"])
+    img = m.encode_pixels(test["image"])
+    txt = m.encode_tokens(test["tokens"])
     timings["encode_test"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     r = retrieval_metrics(img, txt, np.arange(len(img)), ks=(1, 5, 10))
@@ -89,7 +53,7 @@ def evaluate_arrays(enc: Encoders, test: dict, probe_train: dict | None, zerosho
         if key not in test:
             continue
         labels = np.asarray(test[key])[single]
-        cls = class_embeddings(enc.texts, list(names), list(templates))
+        cls = class_embeddings(m.encode_texts, list(names), list(templates))
         acc = zeroshot_accuracy(img[single], cls, labels, topk=(1,))
         results[f"zeroshot/{key}/top1"] = float(acc["top1"])
     timings["zeroshot"] = time.perf_counter() - t0
@@ -98,7 +62,7 @@ def evaluate_arrays(enc: Encoders, test: dict, probe_train: dict | None, zerosho
         tr_single = np.ones(len(probe_train["image"]), bool)
         if "num_objects" in probe_train:
             tr_single = np.asarray(probe_train["num_objects"]) == 1
-        tr_img = enc.images(probe_train["image"][tr_single])
+        tr_img = m.encode_pixels(probe_train["image"][tr_single])
         timings["encode_probe_train"] = time.perf_counter() - t0
         timings["linear_probe"] = timings["few_shot"] = 0.0
         for key in zeroshot:
@@ -127,57 +91,66 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def eval_schedule(config):
-    """step -> whether the loop evaluates: the end, `eval_every`, or a named evaluator's `every`."""
-    from mmfm.evals import evaluators as evaluators_lib
-    named = evaluators_lib.build_evaluators(config.evals)  # parsed once, not per step
+class TrainingEvaluator:
+    """The evaluations of one training run, built once and run on the sharded train state.
 
-    def due(step: int) -> bool:
-        if step == config.total_steps or (config.eval_every and step % config.eval_every == 0):
-            return True
-        return any(e.due(step, config.total_steps) for e in named)
-    return due
-
-
-def run_evals(trainer, state, writer, step: int) -> dict:
-    """Evaluate the trainer's current params; log, print and write `eval.json` (main process).
-
-    Runs the built-in eval of the training data (retrieval, zero-shot, linear and few-shot probes)
-    and then every named evaluator of `config.evals` that is due at `step` (see
-    `mmfm.evals.evaluators`); their metrics are prefixed with the evaluator's name.
+    The encoders are jitted once for the run on the training mesh and take the state's params as
+    they are sharded (FSDP included); the eval arrays are loaded once. `due(step)`: at the end,
+    every `evals.eval_every` steps, or when a named evaluator's `every` is due.
     """
-    cfg = trainer.config
-    ev = cfg.evals
-    cache = trainer.__dict__.setdefault("_eval_cache", {})
-    if "test" not in cache:
-        cache["test"] = trainer.eval_arrays()
-        cache["probe"] = trainer.eval_arrays(split="train", max_examples=ev.probe_train_examples)
-    params = jax.device_get(state.params)
-    enc = Encoders(trainer.model, params, mean=tuple(cfg.preprocess.mean), std=tuple(cfg.preprocess.std),
-                   tokenizer=trainer.tokenizer, context_length=cfg.data.context_length,
-                   batch_size=ev.batch_size)
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    results = evaluate_arrays(enc, cache["test"], cache["probe"], dict(trainer.data_info.zeroshot),
-                              few_shot=tuple(ev.get("few_shot", (1, 5, 10))),
-                              few_shot_seeds=tuple(ev.get("few_shot_seeds", (0, 1, 2))),
-                              timings=timings)
-    timings["total"] = time.perf_counter() - t0
-    from mmfm.evals import evaluators as evaluators_lib  # named evaluators (catalog datasets)
-    shapes = {k: cfg.data[k] for k in ("image_size", "num_train", "num_test", "seed") if k in cfg.data}
-    named = evaluators_lib.build_evaluators(ev, data_dir=cfg.data.get("dir"), shapes=shapes)
-    total_steps = int(cfg.get("total_steps", 0) or 0)
-    due = [e for e in named if e.due(step, total_steps)]
-    if due:
-        handle = evaluators_lib.EvalModel.from_trainer(trainer, params)
-        for e in due:
-            t0 = time.perf_counter()
-            results.update(e.run(handle, workdir=trainer.workdir, step=step))
-            timings[f"evaluator/{e.name}"] = time.perf_counter() - t0
-    log.info("eval at step %d took %s", step, {k: round(v, 2) for k, v in timings.items()})
-    writer.write(step, results, kind="eval")
-    if writer.enabled:
-        print(f"eval at step {step}:\n{format_table(results)}", flush=True)
-        with open(os.path.join(trainer.workdir, "eval.json"), "w") as f:
-            json.dump({"step": step, **results, "timings_s": timings}, f, indent=1)
-    return results
+
+    def __init__(self, trainer):
+        from mmfm.evals import evaluators as evaluators_lib
+
+        self.trainer, cfg = trainer, trainer.config
+        self.encoder = MeshEncoder(trainer.model, mesh=trainer.mesh, rules=trainer.rules,
+                                   param_sharding=trainer.state_sharding.params,
+                                   batch_size=int(cfg.evals.batch_size))
+        shapes = {k: cfg.data[k] for k in ("image_size", "num_train", "num_test", "seed")
+                  if k in cfg.data}
+        self.named = evaluators_lib.build_evaluators(cfg.evals, data_dir=cfg.data.get("dir"),
+                                                     shapes=shapes)
+        self.total_steps, self.every = int(cfg.total_steps), int(cfg.get("eval_every", 0) or 0)
+        self._arrays: Optional[tuple] = None
+
+    def due(self, step: int) -> bool:
+        if step == self.total_steps or (self.every and step % self.every == 0):
+            return True
+        return any(e.due(step, self.total_steps) for e in self.named)
+
+    def __call__(self, state, writer, step: int) -> dict:
+        """Evaluates `state.params`; logs, prints and writes `eval.json` (main process).
+
+        Runs the built-in eval of the training data (retrieval, zero-shot, linear and few-shot
+        probes), then every named evaluator of `config.evals` due at `step` (metrics prefixed with
+        the evaluator's name).
+        """
+        tr, ev = self.trainer, self.trainer.config.evals
+        if self._arrays is None:
+            self._arrays = (tr.eval_arrays(),
+                            tr.eval_arrays(split="train", max_examples=ev.probe_train_examples))
+        m = EvalModel.from_trainer(tr, state.params, self.encoder)
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        results = evaluate_arrays(m, *self._arrays, dict(tr.data_info.zeroshot),
+                                  few_shot=tuple(ev.get("few_shot", (1, 5, 10))),
+                                  few_shot_seeds=tuple(ev.get("few_shot_seeds", (0, 1, 2))),
+                                  timings=timings)
+        timings["total"] = time.perf_counter() - t0
+        for e in self.named:
+            if e.due(step, self.total_steps):
+                t0 = time.perf_counter()
+                results.update(e.run(m, workdir=tr.workdir, step=step))
+                timings[f"evaluator/{e.name}"] = time.perf_counter() - t0
+        log.info("eval at step %d took %s", step, {k: round(v, 2) for k, v in timings.items()})
+        writer.write(step, results, kind="eval")
+        if writer.enabled:
+            print(f"eval at step {step}:\n{format_table(results)}", flush=True)
+            with open(os.path.join(tr.workdir, "eval.json"), "w") as f:
+                json.dump({"step": step, **results, "timings_s": timings}, f, indent=1)
+        return results
+
+
+def train_and_evaluate(config, workdir: str, *, max_steps: Optional[int] = None) -> dict:
+    """Trains (or resumes) in `workdir` with this run's evaluations; returns the last eval's metrics."""
+    return train(config, workdir, max_steps=max_steps, make_evaluator=TrainingEvaluator)

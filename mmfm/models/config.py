@@ -177,11 +177,41 @@ def text_config(size: str, **overrides) -> TextConfig:
     return TextConfig(**kw)
 
 
+def stem_stages(cfg: VitConfig) -> list[tuple[int, int]]:
+    """(kernel, stride) of each stage that reduces a patch to 1x1; the last stage reaches `width`.
+
+    hmlp: 4, then 2s until the patch is covered (16 -> 4, 2, 2). conv: 3x3 stride 2 until the
+    side is <= 2, then one kernel covering the rest.
+    """
+    p, stages = cfg.patch_size, []
+    if cfg.stem == "hmlp":
+        first = 4 if p % 4 == 0 and p > 4 else p
+        stages.append((first, first))
+        side = p // first
+        while side > 1:
+            k = 2 if side % 2 == 0 else side
+            stages.append((k, k))
+            side //= k
+        return stages
+    side = p
+    while side > 2 and side % 2 == 0:
+        stages.append((3, 2))
+        side //= 2
+    stages.append((side, side))
+    return stages
+
+
+def stem_widths(cfg: VitConfig) -> list[int]:
+    """Output channels per stage: a quarter of the width (at least 16), the last one `width`."""
+    n = len(stem_stages(cfg))
+    hidden = max(16, cfg.width // 4)
+    return [hidden] * (n - 1) + [cfg.width]
+
+
 def stem_params(im: VitConfig) -> int:
     """Parameters of the patch embedding (linear) or of a per-patch stem (mmfm.models.stems)."""
     if im.stem == "linear":
         return im.patch_size ** 2 * im.channels * im.width + (im.width if im.patch_bias else 0)
-    from mmfm.models.stems import stem_stages, stem_widths
     n, c_in = 0, im.channels
     stages, widths = stem_stages(im), stem_widths(im)
     for i, ((k, _), w) in enumerate(zip(stages, widths)):

@@ -28,40 +28,9 @@ import jax.numpy as jnp
 
 from mmfm import sharding as sh
 from mmfm.models import layers
-from mmfm.models.config import VitConfig
+from mmfm.models.config import VitConfig, stem_stages, stem_widths
 
 Array = jax.Array
-
-
-def stem_stages(cfg: VitConfig) -> list[tuple[int, int]]:
-    """(kernel, stride) of each stage that reduces a patch to 1x1; the last stage reaches `width`.
-
-    hmlp: 4, then 2s until the patch is covered (16 -> 4, 2, 2). conv: 3x3 stride 2 until the
-    side is <= 2, then one kernel covering the rest.
-    """
-    p, stages = cfg.patch_size, []
-    if cfg.stem == "hmlp":
-        first = 4 if p % 4 == 0 and p > 4 else p
-        stages.append((first, first))
-        side = p // first
-        while side > 1:
-            k = 2 if side % 2 == 0 else side
-            stages.append((k, k))
-            side //= k
-        return stages
-    side = p
-    while side > 2 and side % 2 == 0:
-        stages.append((3, 2))
-        side //= 2
-    stages.append((side, side))
-    return stages
-
-
-def stem_widths(cfg: VitConfig) -> list[int]:
-    """Output channels per stage: a quarter of the width (at least 16), the last one `width`."""
-    n = len(stem_stages(cfg))
-    hidden = max(16, cfg.width // 4)
-    return [hidden] * (n - 1) + [cfg.width]
 
 
 class CellLinear(nn.Module):

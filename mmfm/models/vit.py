@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from mmfm import sharding as sh
-from mmfm.losses.masked import patchify
+from mmfm.patches import patchify
 from mmfm.models import layers, stems
 from mmfm.models.config import VitConfig
 

@@ -1,6 +1,7 @@
 """Multi-process start-up: `jax.distributed.initialize` when a launcher asks for it.
 
-Sources, first match wins per field: explicit arguments (the CLI flags below), then environment.
+Sources, first match wins per field: explicit arguments (the CLI flags below, defined in
+`mmfm/cli.py`), then environment.
 
   flag                 environment            meaning
   --coordinator        MMFM_COORDINATOR       host:port of process 0 (explicit mode)
@@ -45,33 +46,6 @@ class DistributedSettings:
     process_id: Optional[int] = None
     init_timeout: int = DEFAULT_INIT_TIMEOUT
     heartbeat_timeout: int = DEFAULT_HEARTBEAT_TIMEOUT
-
-
-def define_flags() -> None:
-    """Registers the absl flags above (idempotent); the CLI calls this before parsing."""
-    from absl import flags
-
-    if "coordinator" in flags.FLAGS:
-        return
-    flags.DEFINE_string("coordinator", None, "host:port of process 0 (multi-process; env MMFM_COORDINATOR)")
-    flags.DEFINE_integer("num_processes", None, "number of processes (env MMFM_NUM_PROCESSES)")
-    flags.DEFINE_integer("process_id", None, "this process's index (env MMFM_PROCESS_ID)")
-    flags.DEFINE_enum("distributed", None, ["auto", "none"],
-                      "auto: jax.distributed auto-detection (TPU VM, SLURM); env MMFM_DISTRIBUTED")
-    flags.DEFINE_integer("init_timeout", None, "seconds to wait for all processes (env MMFM_INIT_TIMEOUT)")
-    flags.DEFINE_integer("heartbeat_timeout", None,
-                         "seconds before a silent process is declared dead (env MMFM_HEARTBEAT_TIMEOUT)")
-
-
-def _flag_values() -> dict:
-    from absl import flags
-
-    f = flags.FLAGS
-    if "coordinator" not in f or not f.is_parsed():
-        return {}
-    return dict(coordinator=f.coordinator, num_processes=f.num_processes, process_id=f.process_id,
-                distributed=f.distributed, init_timeout=f.init_timeout,
-                heartbeat_timeout=f.heartbeat_timeout)
 
 
 def _int(value, name: str, env: str, low: int) -> Optional[int]:
@@ -121,10 +95,10 @@ def resolve_settings(*, coordinator: Optional[str] = None, num_processes: Option
 def maybe_initialize_distributed(**overrides) -> bool:
     """Initialise multi-process JAX from flags / environment, if asked; returns whether it is on.
 
-    `overrides` are `resolve_settings` keyword arguments; when absent, parsed CLI flags are used.
-    Must run before any other JAX call creates the backend.
+    `overrides` are `resolve_settings` keyword arguments (the CLI passes its flags); the
+    environment fills what they leave unset. Must run before any other JAX call creates the backend.
     """
-    s = resolve_settings(**(overrides or _flag_values()))
+    s = resolve_settings(**overrides)
     if s.mode == "none":
         return False
     kwargs = dict(initialization_timeout=s.init_timeout, heartbeat_timeout_seconds=s.heartbeat_timeout)

@@ -5,21 +5,20 @@ here forks per experiment.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
 import os
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
 import numpy as np
 
 from mmfm import sharding as sh
-from mmfm.losses.objective import ObjectiveConfig, check_model_fits
-from mmfm.models.config import ModelConfig, model_config_from_dict
+from mmfm.config_utils import check_batch, model_config, objective_config
+from mmfm.losses.objective import check_model_fits
 from mmfm.models.multimodal import TwoTower, init_params
 from mmfm.train import optim
 from mmfm.train.metrics import MetricsWriter
@@ -29,43 +28,12 @@ from mmfm.train.step import StepConfig, train_step
 log = logging.getLogger("mmfm")
 
 
-def model_config(config, tokenizer=None) -> ModelConfig:
-    """Model config from `config.model`; vocabulary and special ids come from the tokenizer."""
-    text = {}
-    if tokenizer is not None:
-        text = dict(vocab_size=tokenizer.vocab_size, eot_id=tokenizer.eot_id, pad_id=tokenizer.pad_id)
-    text["context_length"] = config.data.context_length
-    model = config.model.to_dict() if hasattr(config.model, "to_dict") else dict(config.model)
-    model.setdefault("image", {})
-    model["image"] = dict(model["image"], image_size=config.data.image_size)
-    return model_config_from_dict(model, **text)
-
-
-def objective_config(config) -> ObjectiveConfig:
-    loss = config.loss.to_dict() if hasattr(config.loss, "to_dict") else dict(config.loss)
-    valid = {f.name for f in dataclasses.fields(ObjectiveConfig)}
-    unknown = sorted(set(loss) - valid)
-    if unknown:
-        raise ValueError(f"loss: unknown key(s) {unknown}; valid keys: {sorted(valid)}")
-    return ObjectiveConfig(**loss).validate()
-
-
-def check_batch(config, mesh) -> None:
-    sh.check_batch_axes(mesh, config.batch_size)
-    obj = objective_config(config)
-    rows, shards = obj.masked_rows(config.batch_size), sh.num_batch_shards(mesh)
-    if (obj.use_mae or obj.use_mlm) and rows % shards:
-        raise ValueError(f"loss.masked_batch_frac={obj.masked_batch_frac} gives {rows} of "
-                         f"{config.batch_size} rows to MAE/MLM, not divisible by the {shards} "
-                         f"devices of the mesh's batch axes")
-
-
 class Trainer:
     """Holds what a run builds once: data, model, mesh, shardings and the jitted step."""
 
     def __init__(self, config, workdir: str, *, mesh: Optional[jax.sharding.Mesh] = None):
         """`mesh` overrides `config.mesh.shape` (e.g. a one-device reference run in tests)."""
-        from mmfm.data.pipeline import build_data  # data deps load only when training
+        from mmfm.data.build import build_data  # data deps load only when training
 
         self.config, self.workdir = config, workdir
         self.mesh, self.rules = sh.mesh_from_config(config.mesh) if mesh is None else (
@@ -96,7 +64,7 @@ class Trainer:
                                 out_shardings=(self.state_sharding, None), donate_argnums=(0,))
 
     def mesh_context(self):
-        return _MeshContext(self.mesh, self.rules)
+        return sh.mesh_context(self.mesh, self.rules)
 
     def init_state(self) -> TrainState:
         with self.mesh_context():
@@ -121,31 +89,33 @@ class Trainer:
             return self.jit_step(state, self.global_batch(local_batch))
 
 
-class _MeshContext:
-    """`jax.set_mesh` + flax logical axis rules, so logical constraints resolve to the mesh."""
-
-    def __init__(self, mesh, rules):
-        self.mesh, self.rules = mesh, rules
-
-    def __enter__(self):
-        self._m = jax.set_mesh(self.mesh)
-        self._m.__enter__()
-        self._r = nn.logical_axis_rules(self.rules)
-        self._r.__enter__()
-
-    def __exit__(self, *exc):
-        self._r.__exit__(*exc)
-        self._m.__exit__(*exc)
+_PATH_KEYS = (("data", "dir"), ("data", "tokenizer"), (None, "resume_from"))
 
 
-def train_and_evaluate(config, workdir: str, *, max_steps: Optional[int] = None) -> dict:
-    """Run (or resume) training in `workdir`; returns the final eval results."""
+def absolute_paths(config) -> None:
+    """Paths in the config made absolute, so a run never depends on the launch directory."""
+    for section, key in _PATH_KEYS:
+        node = config if section is None else config.get(section)
+        if node is not None and node.get(key) and "://" not in str(node[key]):
+            node[key] = os.path.abspath(os.path.expanduser(str(node[key])))
+
+
+def train(config, workdir: str, *, max_steps: Optional[int] = None,
+          make_evaluator: Optional[Callable[[Trainer], Any]] = None) -> dict:
+    """Runs (or resumes) training in `workdir`; returns the last evaluation's results.
+
+    `make_evaluator(trainer)` is called once and returns an object with `due(step)` and
+    `(state, writer, step) -> metrics` (`mmfm.evals.runner.TrainingEvaluator`); None: no evals.
+    Every step is checkpointed (when due) before it is evaluated, so a failing eval never loses
+    the training it measured.
+    """
     from mmfm import checkpoint
-    from mmfm.evals.runner import eval_schedule, run_evals
 
+    absolute_paths(config)
+    workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
-    evals_due = eval_schedule(config)
     tr = Trainer(config, workdir)
+    evaluator = make_evaluator(tr) if make_evaluator is not None else None
     is_main = jax.process_index() == 0
     ckpt = checkpoint.Checkpointer(workdir, config, tr)
     # This workdir's latest readable step, else config.resume_from, else a fresh state.
@@ -173,13 +143,14 @@ def train_and_evaluate(config, workdir: str, *, max_steps: Optional[int] = None)
                 t_log, step_log = now, done
                 rec = writer.write(done, metrics)
                 writer.progress(done, rec, config.batch_size)
-            if evals_due(done):
-                results = run_evals(tr, state, writer, done)
-                t_log = time.perf_counter()  # eval time is not training throughput
             # Logs are flushed before each save so they are durable up to the saved step.
-            ckpt.maybe_save(done, state, it, before_save=writer.flush)
+            ckpt.maybe_save(done, state, it, before_save=writer.flush,
+                            final=done == config.total_steps)
             if ckpt.preempted:
                 break
+            if evaluator is not None and evaluator.due(done):
+                results = evaluator(state, writer, done)
+                t_log = time.perf_counter()  # eval time is not training throughput
         ckpt.close(state, it)
     finally:
         ckpt.wait()  # never leave an async save half-written behind an exception

@@ -58,13 +58,26 @@ def make_views(rng, batch: int, masked_tokens, sc: StepConfig):
     return views
 
 
+def masked_subbatch(x: jax.Array, rows: int) -> jax.Array:
+    """Every `B // rows`-th row of `x` `[B, ...]`: the rows the MAE / MLM views see.
+
+    A strided pick rather than the first rows: the batch is split over the mesh's batch axes in
+    contiguous blocks, so every device keeps its own share of the sub-batch (no resharding), and
+    the rows chosen do not depend on the mesh.
+    """
+    b = x.shape[0]
+    if rows == b:
+        return x
+    return x.reshape(rows, b // rows, *x.shape[1:])[:, 0]
+
+
 def loss_and_metrics(params, batch, rng, sc: StepConfig):
     r_views, r_drop = jax.random.split(rng)
     images = normalize_images(batch["image"], sc.mean, sc.std)
     tokens = batch["tokens"]
     b = images.shape[0]
     rows = sc.objective.masked_rows(b)  # static: the masked views may see a sub-batch
-    m_images, m_tokens = images[:rows], tokens[:rows]
+    m_images, m_tokens = masked_subbatch(images, rows), masked_subbatch(tokens, rows)
     v = make_views(r_views, b, m_tokens, sc)
     out = sc.model.apply(
         {"params": params}, images, tokens, con_keep=v["con_keep"], mae_keep=v["mae_keep"],

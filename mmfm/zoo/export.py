@@ -10,7 +10,6 @@ open_clip / Hugging Face / big_vision source. Both are also `mmfm export` and `m
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -22,12 +21,11 @@ import numpy as np
 
 from mmfm.models.config import ModelConfig, model_config_from_dict, model_config_to_dict
 from mmfm.zoo import pretrained
+from mmfm.zoo.pretrained import FORMAT, PARAMS_FILE, VERSION
 from mmfm.zoo.convert import common
 from mmfm.zoo.registry import (INCEPTION_MEAN, INCEPTION_STD, Preprocess, TokenizerSpec,
                                get_model_config)
 
-FORMAT, VERSION = "mmfm-export", 1
-PARAMS_FILE = "params.safetensors"
 
 
 def default_preprocess(cfg: ModelConfig) -> Preprocess:
@@ -81,72 +79,22 @@ def save_export(out_dir: str, flat_params: dict, cfg: ModelConfig, *, preprocess
     return out_dir
 
 
-def read_export_config(path: str) -> dict:
-    cfg_path = os.path.join(path, "config.json")
-    if not os.path.isfile(cfg_path):
-        raise FileNotFoundError(f"{path}: not an mmfm export (config.json missing)")
-    with open(cfg_path) as f:
-        meta = json.load(f)
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{cfg_path}: format is {meta.get('format')!r}, expected {FORMAT!r}")
-    if int(meta.get("version", 0)) > VERSION:
-        raise ValueError(f"{cfg_path}: export version {meta['version']} is newer than this mmfm "
-                         f"reads ({VERSION}); upgrade mmfm")
-    return meta
-
-
-def load_export(path: str) -> tuple[ModelConfig, dict, dict]:
-    """(ModelConfig, canonical flat params, info with preprocess/tokenizer/zeroshot/dir)."""
-    meta = read_export_config(path)
-    model = dict(meta["model"])
-    for tower in ("image", "text", "mae_decoder"):
-        if isinstance(model.get(tower), dict):
-            model[tower] = dict(model[tower])
-    try:
-        cfg = model_config_from_dict(model)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}/config.json: bad 'model' entry: {e}") from None
-    flat = pretrained.read_safetensors(os.path.join(path, PARAMS_FILE))
-    pre = meta.get("preprocess", {})
-    pre = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in pre.items()})
-    info = {"preprocess": pre, "tokenizer": TokenizerSpec(**meta.get("tokenizer", {})),
-            "zeroshot": meta.get("zeroshot", {}), "dir": os.path.abspath(path),
-            "source": meta.get("source", {})}
-    return cfg, flat, info
-
-
 def export_from_workdir(workdir: str, out_dir: str) -> str:
-    """Params-only export of the latest checkpoint of a training run in `workdir`."""
-    import jax
-    import ml_collections
-
+    """Params-only export of the latest checkpoint of a training run (read-only, no data needed)."""
     from mmfm import checkpoint
-    from mmfm.train.loop import Trainer
 
-    info_path = os.path.join(workdir, "run_info.json")
-    if not os.path.isfile(info_path):
-        raise FileNotFoundError(f"{info_path} not found: is {workdir} a training workdir?")
-    with open(info_path) as f:
-        config = ml_collections.ConfigDict(json.load(f)["config"])
-    tr = Trainer(config, workdir)
-    ckpt = checkpoint.Checkpointer(workdir, config, tr)
-    try:
-        state, _ = ckpt.restore_latest(tr.abstract_state())
-    finally:
-        ckpt.manager.close()
-    if state is None:
-        raise FileNotFoundError(f"no finalised checkpoint in {workdir}/checkpoints")
-    params = common.flatten(jax.device_get(state.params))
-    pre = Preprocess(image_size=int(config.data.image_size), mean=tuple(config.preprocess.mean),
-                     std=tuple(config.preprocess.std), interpolation="bilinear", resize_mode="shortest")
-    tok_path = tr.data_info.tokenizer_path
-    kind = "hf" if tok_path.endswith(".json") else "sentencepiece"
-    tok = TokenizerSpec(kind, os.path.basename(tok_path), int(config.data.context_length), False)
-    zs = {k: [list(n), list(t)] for k, (n, t) in dict(tr.data_info.zeroshot).items()}
-    return save_export(out_dir, params, tr.model_cfg, preprocess=pre, tokenizer=tok,
-                       tokenizer_file=tok_path, zeroshot=zs,
-                       source={"kind": "mmfm-train", "workdir": os.path.abspath(workdir),
-                               "step": int(jax.device_get(state.step))})
+    run = checkpoint.load_run(workdir)
+    cfg = model_config_from_dict(run.model_config)
+    pre = run.preprocess
+    pre = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in pre.items()})
+    tok_file = run.tokenizer_file
+    kind = "hf" if tok_file.endswith(".json") else "sentencepiece"
+    tok = TokenizerSpec(kind, os.path.basename(tok_file), int(cfg.text.context_length),
+                        run.tokenizer_lowercase)
+    zs = {k: [list(n), list(t)] for k, (n, t) in run.zeroshot.items()}
+    return save_export(out_dir, common.flatten(run.params), cfg, preprocess=pre, tokenizer=tok,
+                       tokenizer_file=tok_file, zeroshot=zs,
+                       source={"kind": "mmfm-train", "workdir": run.workdir, "step": run.step})
 
 
 def convert_to_export(src: str, out_dir: str, *, converter: Optional[str] = None,
@@ -169,29 +117,3 @@ def convert_to_export(src: str, out_dir: str, *, converter: Optional[str] = None
     return save_export(out_dir, flat, model_cfg, preprocess=default_preprocess(model_cfg),
                        tokenizer=tok, tokenizer_file=tokenizer_file,
                        source={"kind": converter, "path": os.path.abspath(src), "arch": arch})
-
-
-def export_main(argv: Optional[list] = None) -> None:
-    """`mmfm export --workdir DIR --out OUT`."""
-    import sys
-    p = argparse.ArgumentParser(prog="mmfm export", description=export_from_workdir.__doc__)
-    p.add_argument("--workdir", required=True)
-    p.add_argument("--out", required=True)
-    a = p.parse_args(sys.argv[1:] if argv is None else argv)
-    print(export_from_workdir(a.workdir, a.out))
-
-
-def convert_main(argv: Optional[list] = None) -> None:
-    """`mmfm convert --from openclip|hf|big_vision SRC --out DIR [--arch NAME] [--tokenizer F]`."""
-    import sys
-    p = argparse.ArgumentParser(prog="mmfm convert", description=convert_to_export.__doc__)
-    p.add_argument("--from", dest="converter", required=True, choices=("openclip", "hf", "big_vision"))
-    p.add_argument("src")
-    p.add_argument("--out", required=True)
-    p.add_argument("--arch", default=None, help="registry architecture (fixes heads/activation)")
-    p.add_argument("--tokenizer", default=None, help="tokenizer file for SigLIP (spiece.model)")
-    a = p.parse_args(sys.argv[1:] if argv is None else argv)
-    print(convert_to_export(a.src, a.out, converter=a.converter, arch=a.arch,
-                            tokenizer_file=a.tokenizer))
-
-

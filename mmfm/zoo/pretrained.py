@@ -17,6 +17,9 @@ from typing import Optional
 
 import numpy as np
 
+from mmfm.models.config import ModelConfig, model_config_from_dict
+from mmfm.zoo.registry import Preprocess, TokenizerSpec
+
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 HOW_TO_CONVERT = (
     "mmfm never unpickles weights (a pickle can run arbitrary code). Convert it once, where torch "
@@ -221,8 +224,7 @@ def convert_source(path: str, converter: Optional[str] = None, cfg=None, **kw):
 
     converter = converter or detect_converter(path)
     if converter == "mmfm":
-        from mmfm.zoo import export
-        return export.load_export(path)
+        return load_export(path)
     if converter == "hf":
         if not os.path.isdir(path):
             raise WeightsError(f"{path}: a Hugging Face model is a directory with config.json and "
@@ -245,3 +247,43 @@ def convert_source(path: str, converter: Optional[str] = None, cfg=None, **kw):
         model_cfg, flat = big_vision.convert(read_npz(_single(path, ".npz")), cfg)
         return model_cfg, flat, {}
     raise ValueError(f"unknown converter {converter!r}; valid: mmfm, hf, openclip, big_vision")
+
+
+# ----------------------------------------------------------------------------- mmfm exports
+
+FORMAT, VERSION = "mmfm-export", 1
+PARAMS_FILE = "params.safetensors"
+
+
+def read_export_config(path: str) -> dict:
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise FileNotFoundError(f"{path}: not an mmfm export (config.json missing)")
+    with open(cfg_path) as f:
+        meta = json.load(f)
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{cfg_path}: format is {meta.get('format')!r}, expected {FORMAT!r}")
+    if int(meta.get("version", 0)) > VERSION:
+        raise ValueError(f"{cfg_path}: export version {meta['version']} is newer than this mmfm "
+                         f"reads ({VERSION}); upgrade mmfm")
+    return meta
+
+
+def load_export(path: str) -> tuple[ModelConfig, dict, dict]:
+    """(ModelConfig, canonical flat params, info with preprocess/tokenizer/zeroshot/dir)."""
+    meta = read_export_config(path)
+    model = dict(meta["model"])
+    for tower in ("image", "text", "mae_decoder"):
+        if isinstance(model.get(tower), dict):
+            model[tower] = dict(model[tower])
+    try:
+        cfg = model_config_from_dict(model)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}/config.json: bad 'model' entry: {e}") from None
+    flat = read_safetensors(os.path.join(path, PARAMS_FILE))
+    pre = meta.get("preprocess", {})
+    pre = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in pre.items()})
+    info = {"preprocess": pre, "tokenizer": TokenizerSpec(**meta.get("tokenizer", {})),
+            "zeroshot": meta.get("zeroshot", {}), "dir": os.path.abspath(path),
+            "source": meta.get("source", {})}
+    return cfg, flat, info

@@ -14,12 +14,10 @@ import dataclasses
 import difflib
 from typing import Callable, Optional
 
+from mmfm.data.preprocess import (INCEPTION_MEAN, INCEPTION_STD, OPENAI_MEAN,  # noqa: F401
+                                  OPENAI_STD, Preprocess)
 from mmfm.models.config import ModelConfig, text_config, vit_config
 
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-INCEPTION_MEAN = (0.5, 0.5, 0.5)
-INCEPTION_STD = (0.5, 0.5, 0.5)
 
 # PyTorch LayerNorm default; CLIP towers converted from torch use it. SigLIP (JAX-born) uses 1e-6.
 TORCH_LN_EPS = 1e-5
@@ -128,16 +126,6 @@ def apply_overrides(cfg: ModelConfig, overrides: Optional[dict]) -> ModelConfig:
     cfg = dataclasses.replace(cfg, image=dataclasses.replace(cfg.image, **image),
                               text=dataclasses.replace(cfg.text, **text), **top)
     return cfg.validate()
-
-
-@dataclasses.dataclass(frozen=True)
-class Preprocess:
-    """Image preprocessing that travels with weights."""
-    image_size: int = 224
-    mean: tuple[float, float, float] = OPENAI_MEAN
-    std: tuple[float, float, float] = OPENAI_STD
-    interpolation: str = "bicubic"  # bicubic | bilinear | nearest | lanczos
-    resize_mode: str = "shortest"  # shortest: resize short side + centre crop; squash: resize to square
 
 
 @dataclasses.dataclass(frozen=True)

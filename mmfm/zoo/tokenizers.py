@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from mmfm.data.tokenizers import Tokenizer, _as_list, _layout
+from mmfm.data.tokenizers import Tokenizer, as_text_list, layout_rows
 
 CLIP_MERGES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "clip_bpe_merges.txt")
 CLIP_PATTERN = (r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]"
@@ -97,7 +97,7 @@ class ClipTokenizer:
         return self._tok.encode(cleaned, add_special_tokens=False).ids if cleaned else []
 
     def __call__(self, texts: str | Sequence[str], context_length: int = 77) -> np.ndarray:
-        return _layout([self.encode(t) for t in _as_list(texts)], context_length, self.bos_id,
+        return layout_rows([self.encode(t) for t in as_text_list(texts)], context_length, self.bos_id,
                        self.eot_id, self.pad_id)
 
     def decode(self, ids) -> str:

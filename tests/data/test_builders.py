@@ -9,7 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import bad_corpus as bc
-from mmfm.data.builders import common, wds
+from mmfm.data.builders import common, corpus, wds
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -40,9 +40,9 @@ def prepared(tmp_path_factory):
     before = _tree(root)
     data_dir = os.path.join(root, "tfds")
     summaries = {
-        "wds": common.prepare("wds", src=wds_src, name="bad", data_dir=data_dir,
+        "wds": corpus.prepare("wds", src=wds_src, name="bad", data_dir=data_dir,
                               test_fraction=0.3, vocab_size=64),
-        "jsonl": common.prepare("jsonl", src=jsonl_src, name="bad", data_dir=data_dir,
+        "jsonl": corpus.prepare("jsonl", src=jsonl_src, name="bad", data_dir=data_dir,
                                 test_fraction=0.3, vocab_size=64),
     }
     after = _tree(root)
@@ -117,10 +117,10 @@ def test_brace_expansion():
 
 def test_bad_arguments_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="shards"):
-        common.prepare("wds", src=str(tmp_path / "{0..1}.tar"), name="x", data_dir=str(tmp_path))
+        corpus.prepare("wds", src=str(tmp_path / "{0..1}.tar"), name="x", data_dir=str(tmp_path))
     with pytest.raises(ValueError, match="dataset name"):
-        common.prepare("wds", src="x", name="Bad-Name", data_dir=str(tmp_path))
+        corpus.prepare("wds", src="x", name="Bad-Name", data_dir=str(tmp_path))
     with pytest.raises(ValueError, match="unknown prepare options"):
-        common.prepare("jsonl", src="x", name="x", data_dir=str(tmp_path), colour=1)
+        corpus.prepare("jsonl", src="x", name="x", data_dir=str(tmp_path), colour=1)
     with pytest.raises(ValueError, match="unknown corpus format"):
-        common.prepare("csv", src="x", name="x", data_dir=str(tmp_path))
+        corpus.prepare("csv", src="x", name="x", data_dir=str(tmp_path))

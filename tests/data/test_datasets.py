@@ -13,7 +13,8 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from mmfm.data import pipeline, sources, transforms
-from mmfm.data.builders import common
+from mmfm.data.build import build_data
+from mmfm.data.builders import corpus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 N = 40
@@ -37,7 +38,7 @@ def _write_corpus(root):
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("ds"))
-    common.prepare("jsonl", src=_write_corpus(root), name="c", data_dir=os.path.join(root, "tfds"),
+    corpus.prepare("jsonl", src=_write_corpus(root), name="c", data_dir=os.path.join(root, "tfds"),
                    test_fraction=0.25, vocab_size=64)
     return os.path.join(root, "tfds")
 
@@ -63,7 +64,7 @@ def _same(a, b):
 
 
 def test_corpus_batches_and_skip_counts(data_dir):
-    loader, eval_fn, tok, info = pipeline.build_data(_cfg(data_dir), batch_size=4, seed=0)
+    loader, eval_fn, tok, info = build_data(_cfg(data_dir), batch_size=4, seed=0)
     assert info.num_train + info.num_eval == N and info.zeroshot == {}
     with iter(loader) as it:
         batch = next(it)
@@ -81,9 +82,9 @@ def test_corpus_batches_and_skip_counts(data_dir):
 
 
 def test_same_seed_same_batches_and_augmentation_varies(data_dir):
-    first = _take(pipeline.build_data(_cfg(data_dir), batch_size=4, seed=3)[0], 9)
-    _same(first, _take(pipeline.build_data(_cfg(data_dir), batch_size=4, seed=3)[0], 9))
-    other = _take(pipeline.build_data(_cfg(data_dir), batch_size=4, seed=4)[0], 1)
+    first = _take(build_data(_cfg(data_dir), batch_size=4, seed=3)[0], 9)
+    _same(first, _take(build_data(_cfg(data_dir), batch_size=4, seed=3)[0], 9))
+    other = _take(build_data(_cfg(data_dir), batch_size=4, seed=4)[0], 1)
     assert not np.array_equal(first[0]["image"], other[0]["image"])
 
 
@@ -91,7 +92,7 @@ RESUME = textwrap.dedent("""
     import json, sys, numpy as np
     from mmfm.data import pipeline
     cfg, state, out = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
-    loader = pipeline.build_data(cfg, batch_size=4, seed=3)[0]
+    loader = build_data(cfg, batch_size=4, seed=3)[0]
     with iter(loader) as it:
         it.set_state(state)
         batches = [next(it) for _ in range(3)]
@@ -101,7 +102,7 @@ RESUME = textwrap.dedent("""
 
 def test_resume_in_a_new_process(data_dir, tmp_path):
     cfg = _cfg(data_dir, worker_count=0)
-    loader = pipeline.build_data(cfg, batch_size=4, seed=3)[0]
+    loader = build_data(cfg, batch_size=4, seed=3)[0]
     with iter(loader) as it:
         for _ in range(7):  # crosses the epoch boundary (7 batches per epoch)
             next(it)
@@ -119,7 +120,7 @@ def test_resume_in_a_new_process(data_dir, tmp_path):
 def test_two_shards_read_disjoint_halves(data_dir):
     seen = []
     for index in range(2):
-        loader, _, tok, _ = pipeline.build_data(_cfg(data_dir, crop_scale=(1.0, 1.0)),
+        loader, _, tok, _ = build_data(_cfg(data_dir, crop_scale=(1.0, 1.0)),
                                                 batch_size=3, seed=0, shard_index=index,
                                                 shard_count=2)
         batches = _take(loader, loader.batches_per_epoch)
@@ -169,20 +170,20 @@ def test_mixture_proportions_and_config(data_dir):
     cfg = _cfg(data_dir, name="mixture", dataset="",
                mixture=(dict(name="jsonl", dataset="c", weight=3), dict(name="jsonl",
                                                                           dataset="c")))
-    loader, _, _, info = pipeline.build_data(cfg, batch_size=4, seed=0)
+    loader, _, _, info = build_data(cfg, batch_size=4, seed=0)
     assert info.name == "mixture" and _take(loader, 1)[0]["image"].shape == (4, 16, 16, 3)
     assert loader.skip_counts() == {"data/skipped/empty_caption": 2}
 
 
 def test_unknown_names_fail_listing_choices(data_dir):
     with pytest.raises(ValueError, match=r"available: \[.*'cifar10'.*'wds'"):
-        pipeline.build_data(_cfg(data_dir, name="laion"), batch_size=4, seed=0)
+        build_data(_cfg(data_dir, name="laion"), batch_size=4, seed=0)
     with pytest.raises(FileNotFoundError, match=r"available in .*\['c'\]"):
-        pipeline.build_data(_cfg(data_dir, dataset="nope"), batch_size=4, seed=0)
+        build_data(_cfg(data_dir, dataset="nope"), batch_size=4, seed=0)
     with pytest.raises(ValueError, match="unknown 'jsonl' data config keys"):
-        pipeline.build_data(_cfg(data_dir, colour=1), batch_size=4, seed=0)
+        build_data(_cfg(data_dir, colour=1), batch_size=4, seed=0)
     with pytest.raises(ValueError, match="module:function"):
-        pipeline.build_data(_cfg(data_dir, transform="nocolon"), batch_size=4, seed=0)
+        build_data(_cfg(data_dir, transform="nocolon"), batch_size=4, seed=0)
 
 
 @pytest.mark.parametrize("name", ["demo", "clip_b16", "siglip_b16", "flip_l16", "mae_b16",
@@ -192,7 +193,7 @@ def test_every_experiment_config_switches_dataset(data_dir, name):
     config = importlib.import_module(f"experiments.configs.{name}").get_config("tiny")
     config.data.name, config.data.dataset, config.data.dir = "jsonl", "c", data_dir
     config.data.context_length = 8
-    loader, _, tok, info = pipeline.build_data(config.data, batch_size=4, seed=0)
+    loader, _, tok, info = build_data(config.data, batch_size=4, seed=0)
     assert info.name == "jsonl" and _take(loader, 1)[0]["tokens"].shape == (4, 8)
 
 
@@ -202,7 +203,7 @@ def test_every_experiment_config_switches_dataset(data_dir, name):
 def test_catalog_datasets_with_mock_data(tmp_path, name, labels):
     with tfds.testing.mock_data(num_examples=12):
         cfg = dict(name=name, dir=str(tmp_path), image_size=16, context_length=16)
-        loader, eval_fn, tok, info = pipeline.build_data(cfg, batch_size=4, seed=0)
+        loader, eval_fn, tok, info = build_data(cfg, batch_size=4, seed=0)
         builder = tfds.builder(name)
         for key, n in labels.items():
             names, templates = info.zeroshot[key]

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from mmfm.data import pipeline, sources, synthetic, transforms
+from mmfm.data.build import build_data
 from mmfm.data.tokenizers import train_tokenizer
 
 N = 40  # examples in the in-memory source
@@ -180,7 +181,7 @@ def _data_cfg(data_dir, **kw):
 
 
 def test_build_data_captioned_shapes(tmp_path):
-    loader, eval_fn, tok, info = pipeline.build_data(_data_cfg(tmp_path), batch_size=8, seed=0)
+    loader, eval_fn, tok, info = build_data(_data_cfg(tmp_path), batch_size=8, seed=0)
     assert info.image_size == 32 and info.num_eval == 50 and info.vocab_size == tok.vocab_size
     assert info.zeroshot["shape"][0] == synthetic.SHAPES
     (batch,) = _take(loader, 1)
@@ -223,19 +224,19 @@ def test_cached_source_reads_each_record_once_and_gives_the_same_batches(tok):
 
 
 def test_build_data_in_memory_gives_the_same_batches(tmp_path):
-    loaders = [pipeline.build_data(_data_cfg(tmp_path, in_memory=m), batch_size=8, seed=0)[0]
+    loaders = [build_data(_data_cfg(tmp_path, in_memory=m), batch_size=8, seed=0)[0]
                for m in (False, True)]
     _assert_same(_take(loaders[0], 3), _take(loaders[1], 3))
 
 
 def test_build_data_errors(tmp_path):
     with pytest.raises(ValueError, match="available: .*captioned_shapes"):
-        pipeline.build_data(_data_cfg(tmp_path, name="imagenet"), batch_size=8, seed=0)
+        build_data(_data_cfg(tmp_path, name="imagenet"), batch_size=8, seed=0)
     cfg = _data_cfg(tmp_path).to_dict()
     cfg["img_size"] = 32
     with pytest.raises(ValueError, match="img_size"):
-        pipeline.build_data(cfg, batch_size=8, seed=0)
+        build_data(cfg, batch_size=8, seed=0)
     no_drops = {a: 0.0 for a in synthetic.ATTRIBUTES}
     with pytest.raises(ValueError, match="caption_whole"):
-        pipeline.build_data(_data_cfg(tmp_path, caption_drop=no_drops, caption_whole=0.5),
+        build_data(_data_cfg(tmp_path, caption_drop=no_drops, caption_whole=0.5),
                             batch_size=8, seed=0)

@@ -166,8 +166,10 @@ def _load(spec: str):
     return load_config(spec)
 
 
-def check_train(tokens: list[str], module: str = "mmfm.train") -> list[str]:
-    """A `--config FILE[:arg]` command of `module` (the trainer, or e.g. mmfm.evals.finetune)."""
+def check_train(tokens: list[str], module: str = "mmfm.train",
+                help_argv: tuple[str, ...] | None = None) -> list[str]:
+    """A `--config FILE[:arg]` command of `module` (the trainer), or of the command whose flags
+    `help_argv --helpfull` lists (e.g. `mmfm finetune`)."""
     errors = []
     spec = _config_value(tokens)
     if spec is None:
@@ -179,7 +181,7 @@ def check_train(tokens: list[str], module: str = "mmfm.train") -> list[str]:
         config = _load(spec)
     except Exception as e:  # noqa: BLE001 - reported as a doc error
         return [f"--config {spec}: {type(e).__name__}: {e}"]
-    known = _help_flags(("-m", module, "--helpfull"))
+    known = _help_flags((*(help_argv or ("-m", module)), "--helpfull"))
     for tok in tokens:
         if not tok.startswith("--") or tok == "--":
             continue
@@ -192,7 +194,7 @@ def check_train(tokens: list[str], module: str = "mmfm.train") -> list[str]:
                     break
                 node = node[part]
             if name == "config.data.name" and value:
-                from mmfm.data.pipeline import DATASETS
+                from mmfm.data.build import DATASETS
                 if value not in DATASETS:
                     errors.append(f"--{name}={value}: not a registered dataset {sorted(DATASETS)}")
         elif name not in known:
@@ -229,6 +231,9 @@ def check_segment(tokens: list[str]) -> list[str]:
             errors.append(f"mmfm {args[:1]}: not a command; valid {sorted(COMMANDS)}")
         elif args[0] == "train":
             errors += check_train(args[1:])
+        elif args[0] == "finetune":
+            errors += check_train(args[1:], "mmfm finetune",
+                                  ("-c", "from mmfm.cli import main; main()", "finetune"))
         else:
             sub = [a for a in args if not a.startswith("-")][:2]
             sub = sub[:1] if args[0] in ("eval", "export", "convert") else sub

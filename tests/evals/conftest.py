@@ -11,7 +11,7 @@ def tiny_run(tmp_path_factory):
     Its config adds few-shot (1, 2) and two named evaluators, so the loop's eval runs them too.
     """
     from experiments.configs import demo
-    from mmfm.train.loop import train_and_evaluate
+    from mmfm.evals.runner import train_and_evaluate
 
     root = tmp_path_factory.mktemp("tiny_run")
     config = demo.get_config("tiny")

@@ -20,7 +20,7 @@ def _flat(tree):
 
 def test_lit_locks_the_image_tower_and_tunes_the_text_tower(tiny_run, tmp_path):
     from experiments.configs import lit_shapes
-    from mmfm.train.loop import train_and_evaluate
+    from mmfm.evals.runner import train_and_evaluate
 
     pre_dir, data_dir, _ = tiny_run
     config = lit_shapes.get_config("tiny")

@@ -30,7 +30,7 @@ def test_eval_checkpoint_on_mock_catalog(tiny_run, tmp_path):
     workdir, _, _ = tiny_run
     out = str(tmp_path / "eval")
     with tfds.testing.mock_data(num_examples=24):
-        results = standalone.run(catalog_eval_config.get_config(), checkpoint=workdir, out=out)
+        results = standalone.evaluate_checkpoint(catalog_eval_config.get_config(), workdir, out=out)
     assert set(results) == EXPECTED
     for k, v in results.items():
         if not k.endswith(("best_l2", "/std")):
@@ -87,10 +87,21 @@ def test_bad_evaluator_configs_name_the_key():
     with pytest.raises(ValueError, match="duplicate"):
         evaluator_configs({"evaluators": [{"name": "a", "type": "zeroshot", "dataset": "cifar10"},
                                           {"name": "a", "type": "zeroshot", "dataset": "cifar10"}]})
-    with pytest.raises(ValueError, match="exactly one of --checkpoint"):
-        standalone.run(catalog_eval_config.get_config())
-    with pytest.raises(FileNotFoundError, match="run_info.json not found"):
-        standalone.run(catalog_eval_config.get_config(), checkpoint=ROOT + "/mmfm")
+    with pytest.raises(FileNotFoundError, match="no finalised checkpoint"):
+        standalone.evaluate_checkpoint(catalog_eval_config.get_config(), ROOT + "/mmfm")
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "exactly one of --checkpoint"),
+    (["--checkpoint", "/nonexistent/run"], "does not exist"),
+    (["--model", "ViT-B-32"], "--model needs --config"),
+])
+def test_eval_command_mistakes_are_one_line(args, message):
+    proc = subprocess.run([sys.executable, "-c", "from mmfm.cli import main; main()", "eval", *args],
+                          cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode != 0
+    assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
 
 def test_every_n_steps_schedule():

@@ -105,3 +105,40 @@ def test_state_is_created_sharded_as_the_rules_say(shapes_dir, tiny_config, tmp_
     total = sh.total_bytes((state.params, state.opt_state))
     print(f"tiny model under (1,8,1): {per_dev} of {total} bytes per device")
     assert per_dev < total / 4
+
+
+def _resharding_ops(trainer: Trainer, batch) -> dict:
+    """Counts of the collectives that move batch rows between devices, in the compiled step.
+
+    (all-gather / all-reduce counts also depend on how many times a tower runs, so they differ
+    between a sub-batch step and a full-batch one for other reasons.) Taking the first rows of
+    the global batch instead adds collective-permutes here: 8 on (8,1,1), 6 on (2,2,2).
+    """
+    import re
+    with trainer.mesh_context():
+        state = trainer.abstract_state()
+        hlo = trainer.jit_step.lower(state, trainer.global_batch(batch)).compile().as_text()
+    kinds = re.findall(r"\b(all-to-all|collective-permute)(?:-start)?\(", hlo)
+    return {k: kinds.count(k) for k in ("all-to-all", "collective-permute")}
+
+
+@pytest.mark.parametrize("mesh_shape", [(8, 1, 1), (2, 2, 2)], ids=lambda s: "x".join(map(str, s)))
+def test_masked_sub_batch_on_a_mesh_equals_one_device(mesh_shape, shapes_dir, tiny_config, tmp_path):
+    """masked_batch_frac=0.25: MAE/MLM rows come from every batch shard, so each device keeps its
+    share (no row-moving collective the full-batch step lacks) and the losses equal one device's."""
+    cfg = dict(batch_size=32, total_steps=STEPS, **{"loss.masked_batch_frac": 0.25})
+    one = sh.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    ref = Trainer(tiny_config(shapes_dir, **cfg), str(tmp_path / "ref"), mesh=one)
+    it = iter(ref.train_loader)
+    batches = [next(it) for _ in range(STEPS)]
+    _, ref_losses = _run(ref, batches)
+
+    tr = Trainer(tiny_config(shapes_dir, **cfg, **{"mesh.shape": mesh_shape}), str(tmp_path / "m"))
+    _, losses = _run(tr, batches)
+    rel = np.abs(losses - ref_losses) / np.abs(ref_losses)
+    print(f"mesh {mesh_shape}, masked_batch_frac 0.25: loss rel diff {rel.max():.2e}")
+    assert rel.max() <= 1e-5, f"mesh {mesh_shape}: losses {losses} vs 1 device {ref_losses}"
+
+    full = Trainer(tiny_config(shapes_dir, batch_size=32, **{"mesh.shape": mesh_shape}),
+                   str(tmp_path / "full"))
+    assert _resharding_ops(tr, batches[0]) == _resharding_ops(full, batches[0])

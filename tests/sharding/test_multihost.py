@@ -71,7 +71,7 @@ def test_losses_equal_single_process_8_devices(two_process_run, shapes_dir, tiny
     got = np.array([r["loss"] for r in recs if r["kind"] == "train"])
     assert len(got) == STEPS
 
-    from mmfm.data.pipeline import build_data
+    from mmfm.data.build import build_data
     config = tiny_config(shapes_dir, total_steps=STEPS, log_every=1)
     tr = Trainer(config, str(tmp_path))  # one process, 8 devices, mesh (8,1,1)
     assert dict(tr.mesh.shape) == {"data": 8, "fsdp": 1, "tensor": 1}

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from experiments.configs import demo
-from mmfm.train.loop import model_config, objective_config
+from mmfm.config_utils import model_config, objective_config
 from mmfm.losses.objective import check_model_fits
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -71,7 +71,7 @@ def test_objective_needs_matching_model_parts(updates, key):
 
 def test_masked_sub_batch_must_split_over_the_batch_devices():
     from mmfm import sharding as sh
-    from mmfm.train.loop import check_batch
+    from mmfm.config_utils import check_batch
 
     mesh = sh.make_mesh((8, 1, 1))
     check_batch(tiny(**{"loss.masked_batch_frac": 0.5}), mesh)  # 8 of 16 rows: one per device

@@ -3,12 +3,11 @@ same zero-shot / retrieval numbers as the training-time eval."""
 import json
 import os
 
-import jax
 import numpy as np
 import pytest
 
 import mmfm.api as mmfm
-from mmfm.zoo.export import export_main
+from mmfm.cli import export_main
 
 # Minutes of CPU: run by `make test-slow` (and CI), not by `make test`.
 pytestmark = pytest.mark.slow
@@ -17,7 +16,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     from experiments.configs import demo
-    from mmfm.train.loop import train_and_evaluate
+    from mmfm.evals.runner import train_and_evaluate
 
     root = tmp_path_factory.mktemp("demo")
     config = demo.get_config("tiny")
@@ -34,17 +33,11 @@ def trained(tmp_path_factory):
 def _training_params(config, workdir):
     from mmfm import checkpoint
     from mmfm.train.loop import Trainer
-    tr = Trainer(config, workdir)
-    ck = checkpoint.Checkpointer(workdir, config, tr)
-    try:
-        state, _ = ck.restore_latest(tr.abstract_state())
-    finally:
-        ck.manager.close()
-    return tr, jax.device_get(state.params)
+    return Trainer(config, workdir), checkpoint.load_run(workdir).params
 
 
 def test_export_loads_by_path_with_identical_embeddings_and_zeroshot(trained):
-    from mmfm.evals.runner import Encoders, evaluate_arrays
+    from mmfm.evals.runner import evaluate_arrays
 
     config, workdir, out = trained
     meta = json.load(open(os.path.join(out, "config.json")))
@@ -67,11 +60,9 @@ def test_export_loads_by_path_with_identical_embeddings_and_zeroshot(trained):
 
     # Zero-shot and retrieval from the export alone (its mean/std, tokenizer, class names) equal
     # the numbers the training run wrote to eval.json.
-    zeroshot = {k: (tuple(n), tuple(t)) for k, (n, t) in meta["zeroshot"].items()}
-    enc = Encoders(model, params, mean=meta["preprocess"]["mean"], std=meta["preprocess"]["std"],
-                   tokenizer=tok, context_length=meta["tokenizer"]["context_length"],
-                   batch_size=config.evals.batch_size)
-    mine = evaluate_arrays(enc, test, None, zeroshot)
+    m = mmfm.load_eval_model(out, batch_size=config.evals.batch_size)
+    assert m.zeroshot == {k: (tuple(n), tuple(t)) for k, (n, t) in meta["zeroshot"].items()}
+    mine = evaluate_arrays(m, test, None, m.zeroshot)
     with open(os.path.join(workdir, "eval.json")) as f:
         at_training = json.load(f)
     keys = [k for k in mine if k.startswith(("zeroshot/", "retrieval/"))]
@@ -79,6 +70,10 @@ def test_export_loads_by_path_with_identical_embeddings_and_zeroshot(trained):
     assert {k: mine[k] for k in keys} == {k: at_training[k] for k in keys}
 
 
-def test_export_of_non_workdir_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="run_info.json not found"):
+def test_export_of_non_workdir_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
         export_main(["--workdir", str(tmp_path), "--out", str(tmp_path / "x")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "no finalised checkpoint" in err and len(err.splitlines()) == 1
+    assert not os.path.exists(tmp_path / "x")

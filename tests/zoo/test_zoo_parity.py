@@ -93,7 +93,7 @@ def test_mesh_placement_shards_params_and_keeps_outputs():
 def test_converted_export_roundtrip_via_cli(tmp_path):
     """`mmfm convert --from hf` writes an export that loads by path with its tokenizer/preprocess."""
     import shutil
-    from mmfm.zoo.export import convert_main
+    from mmfm.cli import convert_main
     src = tmp_path / "siglip"
     shutil.copytree(os.path.join(F, "hf_siglip_tiny"), src)
     shutil.copy(os.path.join(F, "siglip_tiny_spiece.model"), src / "spiece.model")

@@ -7,7 +7,8 @@ Both builders store ArrayRecord files without TensorFlow, validate every record
 (`builders.common`) and count skipped records by reason in `prepare_summary.json`.
 """
 from mmfm.data.builders.common import (CONVERTED_PREFIX, REASONS, RecordError, SkipCounter,
-                                       clean_caption, decode_image, prepare, read_summary)
+                                       clean_caption, decode_image, read_summary)
+from mmfm.data.builders.corpus import format_summary, prepare
 
 __all__ = ["CONVERTED_PREFIX", "REASONS", "RecordError", "SkipCounter", "clean_caption",
-           "decode_image", "prepare", "read_summary"]
+           "decode_image", "format_summary", "prepare", "read_summary"]

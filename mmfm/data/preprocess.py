@@ -1,18 +1,34 @@
-"""Image preprocessing that travels with weights: `ImageTransform(Preprocess, train=...)`.
+"""Image preprocessing that travels with weights: `Preprocess` and `ImageTransform(pre, train=...)`.
 
-image (PIL, uint8 [H, W, 3|1|4], or encoded bytes) -> float32 [S, S, 3], normalised with the tag's
-mean/std. Eval: resize the short side + centre crop ('shortest') or resize to a square ('squash').
-Train: a random resized crop (area 90-100%, as open_clip's default) then the same resize.
+image (PIL, uint8 [H, W, 3|1|4], or encoded bytes) -> float32 [S, S, 3], normalised with the
+model's mean/std. Eval: resize the short side + centre crop ('shortest') or resize to a square
+('squash'). Train: a random resized crop (area 90-100%, as open_clip's default) then the same resize.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Optional
 
 import numpy as np
 from PIL import Image
 
 from mmfm.data.transforms import Resize, to_uint8_rgb
-from mmfm.zoo.registry import Preprocess
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+INCEPTION_MEAN = (0.5, 0.5, 0.5)
+INCEPTION_STD = (0.5, 0.5, 0.5)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocess:
+    """Image preprocessing that travels with weights."""
+    image_size: int = 224
+    mean: tuple[float, float, float] = OPENAI_MEAN
+    std: tuple[float, float, float] = OPENAI_STD
+    interpolation: str = "bicubic"  # bicubic | bilinear | nearest | lanczos
+    resize_mode: str = "shortest"  # shortest: resize short side + centre crop; squash: resize to square
+
 
 _RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
              "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
@@ -45,9 +61,12 @@ class ImageTransform:
             return array
         return Resize(size, self.pre.interpolation)(array)
 
+    def normalize(self, images_u8: np.ndarray) -> np.ndarray:
+        """uint8 `[..., 3]` already at the model's size -> float32 with the model's mean/std."""
+        return (np.asarray(images_u8).astype(np.float32) / 255.0 - self._mean) / self._std
+
     def __call__(self, image: Any, rng: Optional[np.random.Generator] = None) -> np.ndarray:
-        x = self.resize_u8(image, rng).astype(np.float32) / 255.0
-        return (x - self._mean) / self._std
+        return self.normalize(self.resize_u8(image, rng))
 
     def __repr__(self) -> str:
         return f"ImageTransform({self.pre}, train={self.train})"
