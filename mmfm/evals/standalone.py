@@ -6,7 +6,8 @@
 
 CFG is an ml_collections config file whose `evals.evaluators` lists the evaluators (see
 `mmfm.evals.evaluators`); `data.dir` (if present) is the default dataset directory. With
-`--checkpoint` and no `--config`, the run's own config is used. Results: OUT/eval_results.json
+`--checkpoint` and no `--config`, the run's own config is used; when it names no evaluators, the
+run's own end-of-training eval runs (retrieval, zero-shot and probes on its data's test split). Results: OUT/eval_results.json
 (metrics, step, source), OUT/metrics.jsonl and TensorBoard events (kind "eval"), OUT/pictures/.
 """
 from __future__ import annotations
@@ -24,8 +25,6 @@ def evaluate(evals_cfg, model, *, out_dir: str, step: int = 0, data_dir: Optiona
              shapes: Optional[dict] = None, source: Optional[dict] = None) -> dict:
     """Runs every evaluator of `evals_cfg` on an `EvalModel`; writes results; returns the metrics."""
     from mmfm.evals.evaluators import build_evaluators
-    from mmfm.evals.runner import format_table
-    from mmfm.train.metrics import MetricsWriter
 
     evaluators = build_evaluators(evals_cfg, data_dir=data_dir, shapes=shapes)
     if not evaluators:
@@ -36,6 +35,34 @@ def evaluate(evals_cfg, model, *, out_dir: str, step: int = 0, data_dir: Optiona
         t0 = time.perf_counter()
         results.update(e.run(model, workdir=out_dir, step=step))
         timings[e.name] = round(time.perf_counter() - t0, 3)
+    return write_results(out_dir, step, results, timings, source)
+
+
+def evaluate_training_data(run_config, model, *, out_dir: str, step: int,
+                           source: Optional[dict] = None) -> dict:
+    """The run's own end-of-training eval (retrieval, zero-shot, probes on its data's test split)."""
+    from mmfm.data.build import build_data
+    from mmfm.evals.runner import evaluate_arrays
+
+    ev = run_config.evals
+    _, eval_arrays, _, info = build_data(run_config.data, batch_size=int(run_config.batch_size),
+                                         seed=int(run_config.seed))
+    timings: dict = {}
+    results = evaluate_arrays(
+        model, eval_arrays(), eval_arrays(split="train", max_examples=ev.probe_train_examples),
+        dict(info.zeroshot), few_shot=tuple(ev.get("few_shot", (1, 5, 10))),
+        few_shot_seeds=tuple(ev.get("few_shot_seeds", (0, 1, 2))), timings=timings)
+    return write_results(out_dir, step, results, {k: round(v, 3) for k, v in timings.items()},
+                         source)
+
+
+def write_results(out_dir: str, step: int, results: dict, timings: dict,
+                  source: Optional[dict]) -> dict:
+    """OUT/eval_results.json, OUT/metrics.jsonl + TensorBoard (kind "eval") and a printed table."""
+    from mmfm.evals.runner import format_table
+    from mmfm.train.metrics import MetricsWriter
+
+    os.makedirs(out_dir, exist_ok=True)
     writer = MetricsWriter(out_dir, enabled=True, resume_step=step)
     try:
         writer.write(step, results, kind="eval")
@@ -74,5 +101,8 @@ def evaluate_checkpoint(config, checkpoint: str, *, out: Optional[str] = None,
               if k in run_cfg.data}
     data_dir = data_dir or config_get(config, "data.dir") or run_cfg.data.get("dir")
     source = {"checkpoint": os.path.abspath(checkpoint), "step": run.step}
+    from mmfm.evals.evaluators import evaluator_configs
+    if not evaluator_configs(config.evals):  # none configured: the run's own training-time eval
+        return evaluate_training_data(run_cfg, m, out_dir=out, step=run.step, source=source)
     return evaluate(config.evals, m, out_dir=out, step=run.step, data_dir=data_dir, shapes=shapes,
                     source=source)

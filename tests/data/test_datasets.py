@@ -90,7 +90,7 @@ def test_same_seed_same_batches_and_augmentation_varies(data_dir):
 
 RESUME = textwrap.dedent("""
     import json, sys, numpy as np
-    from mmfm.data import pipeline
+    from mmfm.data.build import build_data
     cfg, state, out = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
     loader = build_data(cfg, batch_size=4, seed=3)[0]
     with iter(loader) as it:

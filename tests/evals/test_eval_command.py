@@ -121,3 +121,18 @@ def test_split_errors_list_valid_splits():
         datasets.load_classification("cifar10", "dev")
     with pytest.raises(ValueError, match="unknown retrieval dataset 'flickr'"):
         datasets.load_retrieval("flickr", "test")
+
+
+def test_eval_checkpoint_without_evaluators_reruns_the_training_eval(tiny_run, tmp_path):
+    """`mmfm eval --checkpoint RUN` with no evaluators: the run's own end-of-training eval."""
+    import ml_collections
+
+    workdir, _, _ = tiny_run
+    config = ml_collections.ConfigDict(dict(evals=dict(batch_size=48)))  # names no evaluator
+    results = standalone.evaluate_checkpoint(config, workdir, out=str(tmp_path / "ev"))
+    with open(os.path.join(workdir, "eval.json")) as f:
+        at_training = json.load(f)
+    builtin = {k for k in at_training if k.split("/")[0] in
+               ("retrieval", "zeroshot", "probe", "fewshot")}
+    assert builtin and set(results) == builtin
+    assert {k: results[k] for k in builtin} == {k: at_training[k] for k in builtin}
