@@ -23,6 +23,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from mmfm.compile_cache import guard_multi_device_cpu_cache
+
 log = logging.getLogger("mmfm")
 
 # One vocabulary of logical axis names (maxtext's habit). Models import these, never strings.
@@ -72,6 +74,7 @@ def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices=None) -> Mesh:
         shape[shape.index(-1)] = len(devices) // known
     if int(np.prod(shape)) != len(devices):
         raise ValueError(f"mesh.shape {shape} needs {int(np.prod(shape))} devices, have {len(devices)}")
+    guard_multi_device_cpu_cache(devices)  # before anything is compiled for this mesh
     return jax.make_mesh(
         tuple(shape), MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES),
         devices=devices)

@@ -13,7 +13,7 @@ import pytest
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "mmfm")
 
 LAYERS = [
-    ("mmfm.sharding", "mmfm.masking", "mmfm.patches", "mmfm.version"),
+    ("mmfm.sharding", "mmfm.masking", "mmfm.patches", "mmfm.version", "mmfm.compile_cache"),
     ("mmfm.models",),
     ("mmfm.losses",),
     ("mmfm.data",),

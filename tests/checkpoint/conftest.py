@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from tests.subprocess_env import failure_report
@@ -63,6 +64,14 @@ def run_train(workdir, data_dir, *overrides, devices=1, max_steps=STEPS, timeout
     return subprocess.run(train_cmd(workdir, data_dir, *overrides, max_steps=max_steps), cwd=REPO,
                           env=train_env(devices, **env), capture_output=True, text=True,
                           timeout=timeout)
+
+
+def flat_leaves(tree) -> dict:
+    """{"params/img/cls": leaf, ...}: every leaf by its path (dict keys, attributes, indices)."""
+    def name(k):
+        return str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(name(k) for k in path): leaf for path, leaf in leaves}
 
 
 def read_metrics(workdir, kind="train"):

@@ -9,6 +9,7 @@ import pytest
 
 from mmfm import checkpoint
 from mmfm.train.loop import Trainer
+from tests.checkpoint.conftest import flat_leaves
 
 
 def make_config(data_dir, **overrides):
@@ -28,7 +29,7 @@ def make_config(data_dir, **overrides):
 
 
 def _bits(tree):
-    return {k: np.asarray(v).tobytes() for k, v in checkpoint._flat(jax.device_get(tree)).items()}
+    return {k: np.asarray(v).tobytes() for k, v in flat_leaves(jax.device_get(tree)).items()}
 
 
 @pytest.fixture(scope="module")

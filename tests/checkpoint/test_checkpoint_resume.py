@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 from mmfm import checkpoint
-from tests.checkpoint.conftest import (REPO, STEPS, read_metrics, run_train, train_cmd,
-                                       train_env)
+from tests.checkpoint.conftest import (REPO, STEPS, flat_leaves, read_metrics, run_train,
+                                       train_cmd, train_env)
 from tests.subprocess_env import failure_report
 
 # Minutes of CPU: run by `make test-slow` (and CI), not by `make test`.
@@ -68,7 +68,7 @@ def tb_scalars(workdir):
 def assert_same_state(a_dir, b_dir, step=STEPS):
     sa, a = checkpoint.load_state(a_dir, step)
     sb, b = checkpoint.load_state(b_dir, step)
-    fa, fb = checkpoint._flat(a), checkpoint._flat(b)
+    fa, fb = flat_leaves(a), flat_leaves(b)
     assert sorted(fa) == sorted(fb)
     for path in fa:
         x, y = np.asarray(fa[path]), np.asarray(fb[path])

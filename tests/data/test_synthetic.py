@@ -3,7 +3,6 @@ import json
 import os
 import pickle
 import re
-import time
 
 import numpy as np
 import pytest
@@ -90,15 +89,26 @@ def test_sizes_are_clearly_different(built):
     assert max(sides["small"]) * 1.4 < min(sides["large"])
 
 
+def _tree_state(root):
+    """{relative path: (size, mtime_ns, inode)} of every file under root."""
+    out = {}
+    for d, _, files in os.walk(root):
+        for f in files:
+            st = os.stat(os.path.join(d, f))
+            out[os.path.relpath(os.path.join(d, f), root)] = (st.st_size, st.st_mtime_ns, st.st_ino)
+    return out
+
+
 def test_prepare_is_idempotent_and_stores_tokenizer(built):
-    data_dir, builder, _ = built
+    data_dir, builder, records = built
     path = synthetic.shapes_tokenizer_path(data_dir, **SMALL)
     assert os.path.isfile(path) and os.path.dirname(path).endswith(builder.builder_config.name)
-    stamp = os.path.getmtime(path)
-    start = time.perf_counter()
-    synthetic.prepare_captioned_shapes(data_dir, **SMALL)
-    assert time.perf_counter() - start < 2.0
-    assert os.path.getmtime(path) == stamp
+    before = _tree_state(data_dir)
+    assert any(name.endswith(".array_record-00000-of-00001") for name in before), sorted(before)
+    again = synthetic.prepare_captioned_shapes(data_dir, **SMALL)
+    # A second prepare generates nothing: no file is added, removed, rewritten or replaced.
+    assert _tree_state(data_dir) == before
+    assert _records(again, "test")[0]["caption"] == records["test"][0]["caption"]
 
 
 def test_configs_get_their_own_directories(built):

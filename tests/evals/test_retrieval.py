@@ -121,17 +121,20 @@ def test_rank_of_query_without_positive_is_gallery_size():
 
 
 def test_memory_is_blocked():
-  # The largest intermediate in the compiled step is block x gallery, not queries x gallery.
-  from mmfm.evals import retrieval
+  # The largest intermediate in the compiled computation is block x gallery, not queries x
+  # gallery: compile the public retrieval_ranks itself and read its HLO and temp memory.
+  import functools
   q, g = np.zeros((64, 4), np.float32), np.zeros((50, 4), np.float32)
   args = (q, g, np.zeros(64, np.int32), np.zeros(50, np.int32))
 
-  def hlo(block):
-    return retrieval._ranks_padded.lower(*args, block_size=block, num_blocks=64 // block,
-                                         mesh=None).compile().as_text()
+  def compiled(block):
+    return jax.jit(functools.partial(retrieval_ranks, block_size=block)).lower(*args).compile()
 
-  assert "f32[8,50]" in hlo(8) and "f32[64,50]" not in hlo(8)
-  assert "f32[64,50]" in hlo(64)  # the check above can fail
+  blocked, whole = compiled(8), compiled(64)
+  assert "f32[8,50]" in blocked.as_text() and "f32[64,50]" not in blocked.as_text()
+  assert "f32[64,50]" in whole.as_text()  # the check above can fail
+  mem = [c.memory_analysis().temp_size_in_bytes for c in (blocked, whole)]
+  assert mem[0] < 64 * 50 * 4 <= mem[1], mem  # scores of all 64 queries never exist at once
 
 
 @pytest.mark.parametrize("t2i,match", [

@@ -60,6 +60,50 @@ def test_stem_stages_reduce_a_patch_to_one_token(patch, stem, stages):
     assert side == 1
 
 
+# Stem parameters written out by hand from the stem definitions (mmfm/models/stems.py docstring):
+# hmlp = 4x4 then 2x2 non-overlapping projections with LayerNorm between; conv = 3x3 stride-2
+# convolutions until the side is 2, then one 2x2 cell; hidden channels max(16, width / 4); only
+# the last stage's bias follows `patch_bias`. Each entry: kernel shapes, then the total count.
+def _ln(c):  # LayerNorm scale + bias
+    return 2 * c
+
+
+STEM_CASES = [
+    # B/16 hMLP (Touvron et al. 2022): 16 -> 4 -> 2 -> 1 cells, 768 wide, 192 hidden.
+    ("B/16", "hmlp", True, [(4, 4, 3, 192), (2, 2, 192, 192), (2, 2, 192, 768)],
+     (4 * 4 * 3 * 192 + 192) + _ln(192) + (2 * 2 * 192 * 192 + 192) + _ln(192)
+     + (2 * 2 * 192 * 768 + 768)),
+    # mu/8 hMLP: 8 -> 2 -> 1, width 32, hidden max(16, 8) = 16; no bias on the last stage.
+    ("mu/8", "hmlp", False, [(4, 4, 3, 16), (2, 2, 16, 32)],
+     (4 * 4 * 3 * 16 + 16) + _ln(16) + 2 * 2 * 16 * 32),
+    # mu/14 hMLP: 14 is not a multiple of 4, so one 14x14 cell.
+    ("mu/14", "hmlp", True, [(14, 14, 3, 32)], 14 * 14 * 3 * 32 + 32),
+    # S/16 conv: 16 -> 8 -> 4 -> 2 by 3x3 stride 2 (96 hidden), then a 2x2 cell to 384.
+    ("S/16", "conv", True, [(3, 3, 3, 96), (3, 3, 96, 96), (3, 3, 96, 96), (2, 2, 96, 384)],
+     (3 * 3 * 3 * 96 + 96) + _ln(96) + 2 * ((3 * 3 * 96 * 96 + 96) + _ln(96))
+     + (2 * 2 * 96 * 384 + 384)),
+]
+
+
+@pytest.mark.parametrize("variant, stem, bias, kernels, total", STEM_CASES,
+                         ids=[f"{c[0]}-{c[1]}" for c in STEM_CASES])
+def test_stem_parameters_equal_the_hand_written_count(variant, stem, bias, kernels, total):
+    patch = variant.split("/")[1]
+    cfg = ModelConfig(image=vit_config(variant, image_size=4 * int(patch), stem=stem,
+                                       patch_bias=bias),
+                      text=text_config("mu"), embed_dim=16).validate()
+    params = abstract_params(cfg)
+    got = params["img"]["stem"]
+    assert [got[f"conv_{i}"]["kernel"].shape for i in range(len(kernels))] == kernels
+    assert len([k for k in got if k.startswith("conv_")]) == len(kernels)
+    assert n_params(got) == total
+    # The model-wide closed form adds the same stem count to everything else.
+    linear = dataclasses.replace(cfg, image=dataclasses.replace(cfg.image, stem="linear"))
+    p = int(patch)
+    linear_stem = p * p * 3 * cfg.image.width + (cfg.image.width if bias else 0)
+    assert count_params_closed_form(cfg) - count_params_closed_form(linear) == total - linear_stem
+
+
 def test_known_published_counts():
     """ViT-B/16 ImageNet backbone: 85.8M without head (ViT paper Table 1 says 86M)."""
     cfg = ModelConfig(image=vit_config("B/16", image_size=224, head=False, cls_posemb=True),

@@ -70,20 +70,40 @@ def test_dropped_patches_do_not_influence_the_embedding(stem):
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+def _with_padding_rows_changed(p, pad_id, real):
+    """Params whose pad-token embedding and pad-position embeddings are replaced by noise."""
+    txt = p["txt"]
+    emb = txt["embedding"]["embedding"]
+    emb = emb.at[pad_id].set(jax.random.normal(jax.random.PRNGKey(7), emb.shape[1:]))
+    pos = txt["pos_embedding"]
+    pos = pos.at[:, real:].set(jax.random.normal(jax.random.PRNGKey(8), pos[:, real:].shape))
+    return dict(p, txt=dict(txt, embedding={"embedding": emb}, pos_embedding=pos))
+
+
+PADDED = jnp.array([[1, 7, 9, 2, 0, 0, 0, 0]])  # 4 real tokens (EOT = 2), then pad id 0
+
+
 @pytest.mark.parametrize("text", [dict(causal=True, pool="eot"), dict(causal=False, pool="mean"),
                                   dict(causal=False, pool="eot")])
 def test_padding_does_not_change_text_embedding(text):
     model, p = make(text=text)
-    short = jnp.array([[1, 7, 9, 2, 0, 0, 0, 0]])
-    other_pad = jnp.array([[1, 7, 9, 2, 0, 0, 0, 0]])
-    # Same real tokens, same padding -> same; and tokens after EOT are ignored by causal+eot only
-    # when they are padding: check the padding mask by changing position embeddings' reach.
-    a = model.apply({"params": p}, short, method=model.encode_text)[0]
-    b = model.apply({"params": p}, other_pad, method=model.encode_text)[0]
-    np.testing.assert_allclose(a, b, atol=1e-6)
-    longer_ctx = jnp.array([[1, 7, 9, 2, 0, 0]])  # fewer pads: the masked model must not care
-    c = model.apply({"params": p}, longer_ctx, method=model.encode_text)[0]
-    np.testing.assert_allclose(a, c, atol=1e-5)
+    a = model.apply({"params": p}, PADDED, method=model.encode_text)[0]
+    # Reference: the same sentence with no padding at all.
+    unpadded = model.apply({"params": p}, PADDED[:, :4], method=model.encode_text)[0]
+    np.testing.assert_allclose(a, unpadded, atol=1e-5)
+    # Whatever the padded positions hold (pad embedding, their position embeddings) is ignored.
+    noisy = _with_padding_rows_changed(p, pad_id=0, real=4)
+    b = model.apply({"params": noisy}, PADDED, method=model.encode_text)[0]
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_unmasked_bidirectional_tower_does_see_padding():
+    """Guards the test above: without the key-padding mask the same change moves the embedding."""
+    model, p = make(text=dict(causal=False, pool="eot", mask_pad=False))
+    a = model.apply({"params": p}, PADDED, method=model.encode_text)[0]
+    b = model.apply({"params": _with_padding_rows_changed(p, pad_id=0, real=4)}, PADDED,
+                    method=model.encode_text)[0]
+    assert float(jnp.max(jnp.abs(a - b))) > 1e-3
 
 
 def test_causal_text_ignores_future_tokens():

@@ -20,6 +20,7 @@ import pytest
 from mmfm import sharding as sh
 from mmfm.models.multimodal import init_params
 from mmfm.train.loop import Trainer
+from tests.jax_events import count_compilations
 
 # Minutes of CPU: run by `make test-slow` (and CI), not by `make test`.
 pytestmark = pytest.mark.slow
@@ -55,11 +56,14 @@ def test_same_losses_and_params_on_every_mesh(mesh_shape, reference, shapes_dir,
     config = tiny_config(shapes_dir, total_steps=STEPS, **{"mesh.shape": mesh_shape})
     tr = Trainer(config, str(tmp_path))
     assert dict(tr.mesh.shape) == dict(zip(sh.MESH_AXES, mesh_shape))
-    state, losses = _run(tr, batches)
+    with count_compilations() as counts:
+        state, losses = _run(tr, batches)
 
     rel = np.abs(losses - ref_losses) / np.abs(ref_losses)
     assert rel.max() <= 1e-5, f"mesh {mesh_shape}: losses {losses} vs 1 device {ref_losses}"
-    assert tr.jit_step._cache_size() == 1, "the train step compiled more than once"
+    # Five steps, one trace and one compilation of the step.
+    assert counts["trace"]["train_step"] == 1, counts["trace"]
+    assert counts["compile"]["jit(train_step)"] == 1, counts["compile"]
 
     params = jax.device_get(state.params)
     worst = []

@@ -69,18 +69,80 @@ def test_repeated_batch_is_fitted():
     assert losses[-1] < 0.7 * losses[0], losses
 
 
-@pytest.mark.parametrize("weights, present, absent", [
-    (dict(mae_weight=0.0, mlm_weight=0.0), ["loss/clip"], ["loss/mae", "loss/mlm"]),
-    (dict(contrastive_weight=0.0), ["loss/mae", "loss/mlm"], ["loss/clip", "scale"]),
-    (dict(contrastive="siglip"), ["loss/siglip"], ["loss/clip"]),
+def _leaves(params):
+    """{"img/head/kernel": leaf, ...} for every leaf of a parameter tree."""
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    return {"/".join(k.key for k in path): leaf for path, leaf in flat}
+
+
+def _select(params, paths):
+    """The leaves under any of the `paths` ("img/head", "mae_decoder", ...)."""
+    return {k: v for k, v in _leaves(params).items()
+            if any(k == q or k.startswith(q + "/") for q in paths)}
+
+
+MLM_HEAD = ["txt/mlm_bias", "txt/mlm_dense", "txt/mlm_ln"]
+
+
+@pytest.mark.parametrize("weights, present, absent, skipped, used", [
+    (dict(mae_weight=0.0, mlm_weight=0.0), ["loss/clip"], ["loss/mae", "loss/mlm"],
+     ["mae_decoder"] + MLM_HEAD, ["t", "img/head", "txt/head"]),
+    (dict(contrastive_weight=0.0), ["loss/mae", "loss/mlm"], ["loss/clip", "scale"],
+     ["t", "img/head", "txt/head"], ["mae_decoder"] + MLM_HEAD),
+    (dict(contrastive="siglip"), ["loss/siglip"], ["loss/clip"], [], ["b", "t"]),
 ])
-def test_zero_weights_skip_their_branch(weights, present, absent):
+def test_zero_weights_skip_their_branch(weights, present, absent, skipped, used):
+    """A 0-weight branch is not computed: NaN in the parameters only it uses (0 * NaN would be
+    NaN) leaves the loss, every metric and every other gradient bit-identical, and those
+    parameters get exactly zero gradient; the branches that run give their parameters gradient."""
     sc, state, batch = tiny_setup(**weights)
-    _, metrics = jax.jit(functools.partial(train_step, sc=sc))(state, batch)
+    rng = jax.random.PRNGKey(1)
+    grad_fn = jax.jit(jax.grad(lambda p: loss_and_metrics(p, batch, rng, sc), has_aux=True))
+    grads, metrics = grad_fn(state.params)
     for k in present:
         assert k in metrics
     for k in absent:
         assert k not in metrics
+    assert all(np.any(np.asarray(g) != 0) for g in _select(grads, used).values()), used
+
+    poison = set(_select(state.params, skipped))
+    assert len(poison) >= len(skipped)  # every named parameter exists: the check is not vacuous
+    nan_params = jax.tree_util.tree_map_with_path(
+        lambda path, x: jnp.full_like(x, jnp.nan) if "/".join(k.key for k in path) in poison else x,
+        state.params)
+    nan_grads, nan_metrics = grad_fn(nan_params)
+    for k, v in metrics.items():
+        np.testing.assert_array_equal(nan_metrics[k], v, err_msg=k)
+    clean = _leaves(grads)
+    for k, g in _leaves(nan_grads).items():
+        if k in poison:
+            assert not np.any(np.asarray(g)), f"{k}: a skipped branch's parameter got gradient"
+        else:
+            np.testing.assert_array_equal(g, clean[k], err_msg=k)
+
+
+def test_zero_masked_weights_cost_what_a_model_without_decoder_costs():
+    """Compiled FLOPs of loss + gradients with mae/mlm weights 0 equal those of the same model
+    built without the MAE decoder and MLM head: nothing of the masked branches is left."""
+    def flops(**model):
+        sc, state, batch = tiny_setup(mae_weight=0.0, mlm_weight=0.0)
+        if model:
+            cfg = dataclasses.replace(sc.model.cfg, **model)
+            sc = dataclasses.replace(sc, model=TwoTower(cfg))
+            state = create_state(jax.random.PRNGKey(0), model=sc.model, tx=sc.tx)
+        fn = jax.jit(jax.grad(lambda p: loss_and_metrics(p, batch, jax.random.PRNGKey(1), sc)[0]))
+        return fn.lower(state.params).compile().cost_analysis()["flops"]
+
+    sc, _, _ = tiny_setup()
+    stripped = flops(mae_decoder=None, text=dataclasses.replace(sc.model.cfg.text, mlm_head=False))
+    assert flops() == stripped
+    assert flops() < _full_flops()  # the comparison is not vacuous: the terms do cost FLOPs
+
+
+def _full_flops():
+    sc, state, batch = tiny_setup()
+    fn = jax.jit(jax.grad(lambda p: loss_and_metrics(p, batch, jax.random.PRNGKey(1), sc)[0]))
+    return fn.lower(state.params).compile().cost_analysis()["flops"]
 
 
 def test_shared_view_runs_the_image_tower_once():

@@ -35,12 +35,16 @@ def _outputs(model, params, ref):
 
 
 def _load(src, kw, **overrides):
-    cfg, flat, _ = pretrained.convert_source(os.path.join(F, src), **kw)
+    """(model, params) through the public API: `create_model(path)`; a bare open_clip state dict
+    needs converter arguments, so it goes through the public converter and layout functions."""
+    path = os.path.join(F, src)
+    if not kw:
+        return mmfm.create_model(path, overrides=overrides or None)
     from mmfm.models.multimodal import TwoTower
     from mmfm.zoo import registry
+    cfg, flat, _ = pretrained.convert_source(path, **kw)
     cfg = registry.apply_overrides(cfg, overrides)
-    model = TwoTower(cfg)
-    return model, mmfm._place(model, flat, None, None, 0)
+    return TwoTower(cfg), jax.device_put(common.unflatten(common.to_model_layout(flat, cfg)))
 
 
 @pytest.mark.parametrize("src,ref_name,kw", SOURCES, ids=[s[0] for s in SOURCES])
