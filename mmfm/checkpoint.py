@@ -290,17 +290,6 @@ def _restore_full(manager, step: int, abstract_state, where: str):
     return out["state"], out["data"]
 
 
-def _restore_params(manager, step: int, abstract_params, where: str):
-    saved = _saved_state_tree(manager, step)
-    check_compatible({"params": _flat_get(saved, "params")}, {"params": abstract_params},
-                     where=where)
-    item = {"params": abstract_params}
-    out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-        partial_restore=True)))
-    return out["state"]["params"]
-
-
 def _flat_get(tree, key: str):
     if isinstance(tree, Mapping) and key in tree:
         return tree[key]
@@ -510,14 +499,15 @@ def _restore_json(manager, step: int) -> tuple[dict, dict]:
     return dict(out["config"] or {}), dict(out["meta"] or {})
 
 
-def _restore_params_as_saved(manager, step: int, target=None):
+def _restore_params(manager, step: int, target=None, where: Optional[str] = None):
     """Params of `step`: numpy arrays, or onto `target`'s shardings (ShapeDtypeStructs)."""
     saved = _flat_get(_saved_state_tree(manager, step), "params")
     if target is None:
         item = {"params": saved}
         restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
     else:
-        check_compatible({"params": saved}, {"params": target}, where=f"{manager.directory}/{step}")
+        check_compatible({"params": saved}, {"params": target},
+                         where=where or f"{manager.directory}/{step}")
         item = {"params": target}
         restore_args = ocp.checkpoint_utils.construct_restore_args(item)
     out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
@@ -549,9 +539,9 @@ def load_run(path: str, *, step: Optional[int] = None, params: bool = True,
         config, meta = _restore_json(src, chosen)
         if "tokenizer" not in meta or "file" not in meta.get("tokenizer", {}):
             raise FileNotFoundError(f"{root}/{chosen}: this checkpoint records no tokenizer (it was "
-                                    "written by an older mmfm); resume the run once with this "
-                                    "version to record it")
-        tree = _restore_params_as_saved(src, chosen, target) if params else None
+                                    "written before runs recorded one); resume the run with this "
+                                    "mmfm for one more step (--config.total_steps=N+1) to record it")
+        tree = _restore_params(src, chosen, target) if params else None
     finally:
         src.close()
     return Run(workdir=os.path.dirname(root), root=root, step=int(chosen), config=config,

@@ -69,10 +69,17 @@ def test_finetune_loads_the_pretrained_tower_and_trains(tiny_run, tmp_path):
     ref = m.model.apply({"params": m.params}, x, method=m.model.encode_image)[0]
     np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), rtol=1e-6, atol=1e-6)
 
+    # Long enough to fit its 64 labels: the fit must move well beyond chance (1/6 for shape).
+    with cfg.unlocked():
+        cfg.total_steps, cfg.log_every = 40, 10
     res = finetune(cfg, str(tmp_path / "ft"))
     for k in ("probe/accuracy", "finetune/accuracy", "finetune/train_accuracy"):
         assert 0.0 <= res[k] <= 1.0
     assert res["num_test"] > 0 and res["num_train"] > 0
+    with open(tmp_path / "ft" / "metrics.jsonl") as f:
+        losses = [json.loads(line)["loss"] for line in f if '"finetune"' in line]
+    assert len(losses) == 4 and losses[-1] < 0.7 * losses[0], losses
+    assert res["finetune/train_accuracy"] >= 2 / 6, res
     with open(tmp_path / "ft" / "finetune_results.json") as f:
         assert json.load(f)["finetune/accuracy"] == res["finetune/accuracy"]
 
