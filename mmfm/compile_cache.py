@@ -1,7 +1,7 @@
 """Guard: no persistent compilation cache for multi-device XLA:CPU programs.
 
-With jax/jaxlib 0.10.2 on a 2-core machine, the demo train step on 8 virtual CPU devices
-(meshes (8,1,1) and (2,2,2)) runs when compiled fresh but, loaded from the persistent cache
+With jax/jaxlib 0.10.2 on a 2-core machine, the demo train step on 8 virtual CPU devices (mesh
+(2,2,2); (8,1,1) with the conv stem) runs when compiled fresh but, loaded from the persistent cache
 (JAX_COMPILATION_CACHE_DIR / `jax_compilation_cache_dir`), aborts in its first steps: the devices
 enter two collectives that no data dependence orders in different orders, each group waits for
 the other, and XLA kills the process after its 40 s rendezvous timeout. So on CPU with more than
