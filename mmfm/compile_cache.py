@@ -7,6 +7,10 @@ enter two collectives that no data dependence orders in different orders, each g
 the other, and XLA kills the process after its 40 s rendezvous timeout. So on CPU with more than
 one device the cache is turned off for the process, with one warning; GPU/TPU and one-device CPU
 runs keep it. Called by `sharding.make_mesh`, before anything is compiled for the mesh.
+
+This removes the trigger we can reproduce, not XLA:CPU's ordering hazard itself: a toy jit that
+replicates two unrelated row-sharded arrays (two independent all-gathers) on 4+ virtual devices
+can hang on this machine even compiled fresh.
 """
 from __future__ import annotations
 
