@@ -1,12 +1,16 @@
 """Guard: no persistent compilation cache for multi-device XLA:CPU programs.
 
-With jax/jaxlib 0.10.2 on a 2-core machine, the demo train step on 8 virtual CPU devices
-(meshes (8,1,1) and (2,2,2)) runs when compiled fresh but, loaded from the persistent cache
+With jax/jaxlib 0.10.2 on a 2-core machine, the demo train step on 8 virtual CPU devices (mesh
+(2,2,2); (8,1,1) with the conv stem) runs when compiled fresh but, loaded from the persistent cache
 (JAX_COMPILATION_CACHE_DIR / `jax_compilation_cache_dir`), aborts in its first steps: the devices
 enter two collectives that no data dependence orders in different orders, each group waits for
 the other, and XLA kills the process after its 40 s rendezvous timeout. So on CPU with more than
 one device the cache is turned off for the process, with one warning; GPU/TPU and one-device CPU
 runs keep it. Called by `sharding.make_mesh`, before anything is compiled for the mesh.
+
+This removes the trigger we can reproduce, not XLA:CPU's ordering hazard itself: a toy jit that
+replicates two unrelated row-sharded arrays (two independent all-gathers) on 4+ virtual devices
+can hang on this machine even compiled fresh.
 """
 from __future__ import annotations
 

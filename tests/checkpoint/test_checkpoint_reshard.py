@@ -27,6 +27,8 @@ def test_save_on_8x1x1_resume_on_2x2x2(ckpt_data_dir, tmp_path):
     assert p.returncode == 0, failure_report(p)
     p = run_train(w, ckpt_data_dir, mesh_b, devices=8)
     assert p.returncode == 0, failure_report(p)
+    # The session's compile cache is configured; the 8-device runs must have turned it off.
+    assert "persistent compilation cache turned off" in p.stderr
     assert f"resumed from step {SWITCH} " in p.stderr
     assert "written on mesh {'data': 8, 'fsdp': 1, 'tensor': 1}" in p.stderr
     assert "mesh {'data': 2, 'fsdp': 2, 'tensor': 2}" in p.stderr

@@ -102,8 +102,9 @@ def test_resume_from_params_only_and_full(saved_run, tmp_path):
 def test_items_and_metadata(saved_run):
     w, tr, _ = saved_run
     import orbax.checkpoint as ocp
+    # Plain orbax, read-only: the items are ordinary JSON items any orbax reader can open.
     mgr = ocp.CheckpointManager(os.path.join(w, "checkpoints"),
-                                handler_registry=checkpoint._registry())
+                                options=ocp.CheckpointManagerOptions(read_only=True))
     out = mgr.restore(2, args=ocp.args.Composite(meta=ocp.args.JsonRestore(),
                                                  config=ocp.args.JsonRestore()))
     mgr.close()
