@@ -131,7 +131,9 @@ def mesh_context(mesh: Mesh, rules):
 
 def local_mesh() -> Mesh:
     """A one-axis ('data') mesh over this process's devices: host-local work such as metrics."""
-    return Mesh(np.asarray(jax.local_devices()), ("data",))
+    devices = jax.local_devices()
+    guard_multi_device_cpu_cache(devices)
+    return Mesh(np.asarray(devices), ("data",))
 
 
 def batch_spec() -> P:
