@@ -27,7 +27,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from mmfm.data import synthetic
+from mmfm.data import synthetic, workers
 from mmfm.data.sources import RUNTIME_REASONS, maybe_cached
 from mmfm.data.tokenizers import load_tokenizer
 from mmfm.data.transforms import make_image_transform, make_train_transform, to_uint8_rgb
@@ -232,7 +232,9 @@ class TrainLoader:
         ds = self.batches[start:].to_iter_dataset(self._read)
         if self.worker_count > 0:
             _ensure_absl_flags_parsed()
-            ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.worker_count))
+            # Workers exit when this process dies, even by SIGKILL (see workers.py).
+            ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.worker_count),
+                                worker_init_fn=workers.worker_init_fn())
         return ds
 
     def __iter__(self) -> TrainIterator:
