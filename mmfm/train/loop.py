@@ -182,8 +182,11 @@ def train_and_evaluate(config, workdir: str, *, max_steps: Optional[int] = None)
                 break
         ckpt.close(state, it)
     finally:
-        ckpt.wait()  # never leave an async save half-written behind an exception
-        ckpt.release()
+        it.close()  # joins grain's worker processes (and their shared memory) on every exit
+        try:
+            ckpt.wait()  # never leave an async save half-written behind an exception
+        finally:  # a failed save raises CheckpointSaveError here: still restore the handlers
+            ckpt.release()
         writer.close()
     return results
 
