@@ -13,6 +13,15 @@ def _setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _exit_now(message: str, code: int) -> None:
+    """One line on stderr, then exit without atexit hooks: after a failed save, orbax's async
+    saver would print pages of shutdown tracebacks that bury the message."""
+    logging.shutdown()
+    sys.stdout.flush()
+    print(message, file=sys.stderr, flush=True)
+    os._exit(code)
+
+
 def train_main(argv=None) -> None:
     """Parse `--config FILE[:arg] --workdir DIR --config.key=value ...` and train."""
     from absl import app, flags
@@ -33,9 +42,13 @@ def train_main(argv=None) -> None:
         maybe_initialize_distributed()
         if flags_.config is None or flags_.workdir is None:
             raise app.UsageError("--config and --workdir are required")
+        from mmfm.checkpoint import CheckpointSaveError
         from mmfm.train.loop import train_and_evaluate
-        with exit_on_peer_failure():
-            train_and_evaluate(flags_.config, flags_.workdir, max_steps=flags_.max_steps)
+        try:
+            with exit_on_peer_failure():
+                train_and_evaluate(flags_.config, flags_.workdir, max_steps=flags_.max_steps)
+        except CheckpointSaveError as e:
+            _exit_now(str(e), e.exit_code)
 
     argv = argv or sys.argv
     try:  # ml_collections reports an unknown override as a bare AttributeError: check first
