@@ -295,7 +295,7 @@ class Checkpointer:
         self._last_saved: Optional[int] = None
         self._in_flight: Optional[int] = None  # the step of the async save not yet waited for
         self.failed: Optional[CheckpointSaveError] = None
-        self._quiet = QuietSaveFailure()
+        self._quiet: Optional[QuietSaveFailure] = None  # installed by the first save
         self._watcher = PreemptionWatcher()
 
     # -- restore
@@ -378,6 +378,8 @@ class Checkpointer:
         if self._last_saved == step:
             return
         self._finish_in_flight()  # orbax would wait too, but could not say which step failed
+        if self._quiet is None:
+            self._quiet = QuietSaveFailure()
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_iter.get_state()),
             config=ocp.args.JsonSave(self.config_json),
@@ -440,8 +442,9 @@ class Checkpointer:
         After a failed save the filters stay: the aborted save's writes may still complete late.
         """
         self._watcher.uninstall()
-        if self.failed is None:
+        if self._quiet is not None and self.failed is None:
             self._quiet.remove()
+            self._quiet = None
 
 
 def load_state(path: str, step: Optional[int] = None) -> tuple[int, dict]:

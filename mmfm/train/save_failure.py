@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import sys
+import threading
 from typing import Optional
 
 
@@ -29,6 +30,7 @@ class CheckpointSaveError(OSError):
                          f"{resume}")
 
 
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
 _OS_ERROR = re.compile(r"\[OS error (\d+)|\[Errno (\d+)\]|os_error_code='(\d+)'|errno[ =:]+(\d+)",
                        re.IGNORECASE)
 
@@ -39,12 +41,13 @@ class QuietSaveFailure:
     Without this, one failed save prints hundreds of lines: orbax logs each failed write thread's
     traceback (absl ERROR records), and tensorstore writes that complete after orbax closed the
     save's event loop each print "RuntimeError: Event loop is closed" through sys.unraisablehook.
-    Everything else passes through.
+    On the same full disk a logging thread (TensorBoard's event writer) may fail too: that
+    becomes one warning line instead of a traceback. Everything else passes through.
     """
 
     def __init__(self):
-        self._hook = sys.unraisablehook
-        sys.unraisablehook = self._unraisable
+        self._hook, self._thread_hook = sys.unraisablehook, threading.excepthook
+        sys.unraisablehook, threading.excepthook = self._unraisable, self._thread_exception
         logging.getLogger("absl").addFilter(self)
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -56,10 +59,20 @@ class QuietSaveFailure:
         if not stray:
             self._hook(u)
 
+    def _thread_exception(self, args) -> None:
+        e = args.exc_value
+        if isinstance(e, OSError) and e.errno in _DISK_ERRORS:
+            name = args.thread.name if args.thread is not None else "a thread"
+            logging.getLogger("mmfm").warning("%s could not write: %s", name, failure_cause(e))
+        else:
+            self._thread_hook(args)
+
     def remove(self) -> None:
         logging.getLogger("absl").removeFilter(self)
         if sys.unraisablehook == self._unraisable:
             sys.unraisablehook = self._hook
+        if threading.excepthook == self._thread_exception:
+            threading.excepthook = self._thread_hook
 
 
 def _os_reason(code: int) -> str:

@@ -47,3 +47,24 @@ def test_message_is_one_line_naming_step_path_cause_and_last_good():
                              "step 30 (/w/checkpoints/30)")
     first = CheckpointSaveError(5, "/w/checkpoints/5", "x", None)
     assert "no earlier checkpoint" in str(first)
+
+
+def test_a_writer_thread_failing_on_a_full_disk_logs_one_line(caplog):
+    import threading
+    from mmfm.train.save_failure import QuietSaveFailure
+
+    def write():
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    before = threading.excepthook
+    quiet = QuietSaveFailure()
+    try:
+        with caplog.at_level("WARNING", logger="mmfm"):
+            t = threading.Thread(target=write, name="tb-writer")
+            t.start()
+            t.join()
+    finally:
+        quiet.remove()
+    assert [r.getMessage() for r in caplog.records] == \
+        ["tb-writer could not write: No space left on device (errno ENOSPC)"]
+    assert threading.excepthook is before  # removed again
