@@ -22,6 +22,10 @@ Preemption: SIGTERM/SIGINT set a flag; the loop saves the step it just finished,
 write and stops. In multi-process runs JAX's preemption service (which owns SIGTERM there) picks
 one sync step for all hosts (`multihost_utils.reached_preemption_sync_point`).
 
+A failed save (disk full, permission denied, quota) raises `CheckpointSaveError`, whose message
+is one line naming the step, its path, the cause and the last good checkpoint; the half-written
+step stays in orbax's temporary directory, which the next run ignores and deletes.
+
 Test hook (documented, inert unless set): MMFM_TEST_KILL_AT_STEP=N sends SIGKILL to this process
 right after step N has been logged and its checkpoint save (if any) was issued, i.e. while that
 save is still in flight.
@@ -42,6 +46,8 @@ from typing import Any, Callable, Mapping, Optional
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from mmfm.train.save_failure import CheckpointSaveError, QuietSaveFailure, failure_cause
 
 log = logging.getLogger("mmfm")
 
@@ -322,6 +328,9 @@ class Checkpointer:
             if hasattr(config, "to_json_best_effort") else dict(config)
         self.preempted = False
         self._last_saved: Optional[int] = None
+        self._in_flight: Optional[int] = None  # the step of the async save not yet waited for
+        self.failed: Optional[CheckpointSaveError] = None
+        self._quiet: Optional[QuietSaveFailure] = None  # installed by the first save
         self._watcher = PreemptionWatcher()
 
     # -- restore
@@ -397,14 +406,42 @@ class Checkpointer:
         return jax.process_count() > 1 and self.manager.reached_preemption(step)
 
     def save(self, step: int, state, data_iter) -> None:
-        """Issues an async save of `step` (blocks only for the device->host copy)."""
+        """Issues an async save of `step` (blocks only for the device->host copy).
+
+        Raises CheckpointSaveError if this save, or the previous one still in flight, failed.
+        """
         if self._last_saved == step:
             return
-        self.manager.save(step, args=ocp.args.Composite(
+        self._finish_in_flight()  # orbax would wait too, but could not say which step failed
+        if self._quiet is None:
+            self._quiet = QuietSaveFailure()
+        args = ocp.args.Composite(
             state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_iter.get_state()),
             config=ocp.args.JsonSave(self.config_json),
-            meta=ocp.args.JsonSave(dict(self.meta, step=int(step)))), force=True)
-        self._last_saved = step
+            meta=ocp.args.JsonSave(dict(self.meta, step=int(step))))
+        try:
+            self.manager.save(step, args=args, force=True)
+        except Exception as e:  # noqa: BLE001 - any failure to write is reported the same way
+            raise self._save_failed(step, e) from e
+        self._last_saved, self._in_flight = step, step
+
+    def _finish_in_flight(self) -> None:
+        if self.failed is not None:
+            raise self.failed
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            raise self._save_failed(self._in_flight, e) from e
+        self._in_flight = None
+
+    def _save_failed(self, step: Optional[int], exc: BaseException) -> CheckpointSaveError:
+        step = self._last_saved if step is None else step
+        good = [s for s in self.manager.all_steps() if s != step]
+        last_good = f"step {max(good)} ({self.root}/{max(good)})" if good else None
+        self.failed = CheckpointSaveError(step, os.path.join(self.root, str(step)),
+                                          failure_cause(exc), last_good)
+        log.debug("checkpoint save of step %s failed", step, exc_info=exc)
+        return self.failed
 
     def maybe_save(self, step: int, state, data_iter,
                    before_save: Optional[Callable[[], None]] = None, *, final: bool = False) -> None:
@@ -419,23 +456,31 @@ class Checkpointer:
                 before_save()
             self.save(step, state, data_iter)
         if self.preempted:
-            self.manager.wait_until_finished()
+            self._finish_in_flight()
             log.warning("preempted: saved step %d to %s/%d", step, self.root, step)
         _maybe_test_kill(step)
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Waits for the save in flight; after a failed save, returns at once (already raised)."""
+        if self.failed is None:
+            self._finish_in_flight()
 
     def close(self, state, data_iter) -> None:
         """Saves the final step (if not saved yet), waits for all writes and closes."""
         self.save(int(jax.device_get(state.step)), state, data_iter)
-        self.manager.wait_until_finished()
+        self._finish_in_flight()
         self.manager.close()
         self.release()
 
     def release(self) -> None:
-        """Restores the signal handlers that were there before this checkpointer."""
+        """Restores the signal handlers (and log filters) that were there before this checkpointer.
+
+        After a failed save the filters stay: the aborted save's writes may still complete late.
+        """
         self._watcher.uninstall()
+        if self._quiet is not None and self.failed is None:
+            self._quiet.remove()
+            self._quiet = None
 
 
 def load_state(path: str, step: Optional[int] = None) -> tuple[int, dict]:

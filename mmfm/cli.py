@@ -5,6 +5,7 @@ Thin: every command parses its flags and calls the library, where the logic live
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Sequence
 
@@ -33,8 +34,6 @@ def _config_overrides(argv: Sequence[str], flag: str = "config") -> tuple[str | 
 def _package_root(path: str) -> str:
     """The directory above the outermost package holding `path` (e.g. the checkout of
     `experiments/configs/demo.py`), so the config's own imports resolve from any directory."""
-    import os
-
     d = os.path.dirname(os.path.abspath(path))
     while os.path.isfile(os.path.join(d, "__init__.py")):
         d = os.path.dirname(d)
@@ -76,6 +75,15 @@ def _define_distributed_flags() -> None:
                          "seconds before a silent process is declared dead (env MMFM_HEARTBEAT_TIMEOUT)")
 
 
+def _exit_now(message: str, code: int) -> None:
+    """One line on stderr, then exit without atexit hooks: after a failed save, orbax's async
+    saver would print pages of shutdown tracebacks that bury the message."""
+    logging.shutdown()
+    sys.stdout.flush()
+    print(message, file=sys.stderr, flush=True)
+    os._exit(code)
+
+
 def train_main(argv=None) -> None:
     """Parse `--config FILE[:arg] --workdir DIR --config.key=value ...` and train."""
     from absl import app, flags
@@ -95,9 +103,13 @@ def train_main(argv=None) -> None:
         maybe_initialize_distributed(**{k: getattr(flags_, k) for k in DISTRIBUTED_FLAGS})
         if flags_.config is None or flags_.workdir is None:
             raise app.UsageError("--config and --workdir are required")
+        from mmfm.checkpoint import CheckpointSaveError
         from mmfm.evals.runner import train_and_evaluate
-        with exit_on_peer_failure():
-            train_and_evaluate(flags_.config, flags_.workdir, max_steps=flags_.max_steps)
+        try:
+            with exit_on_peer_failure():
+                train_and_evaluate(flags_.config, flags_.workdir, max_steps=flags_.max_steps)
+        except CheckpointSaveError as e:
+            _exit_now(str(e), e.exit_code)
 
     _run_absl(main, argv)
 

@@ -27,6 +27,7 @@ from typing import Any
 import grain
 import numpy as np
 
+from mmfm.data import workers
 from mmfm.data.sources import RUNTIME_REASONS
 from mmfm.data.transforms import to_uint8_rgb
 
@@ -230,7 +231,9 @@ class TrainLoader:
         ds = self.batches[start:].to_iter_dataset(self._read)
         if self.worker_count > 0:
             _ensure_absl_flags_parsed()
-            ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.worker_count))
+            # Workers exit when this process dies, even by SIGKILL (see workers.py).
+            ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.worker_count),
+                                worker_init_fn=workers.worker_init_fn())
         return ds
 
     def __iter__(self) -> TrainIterator:

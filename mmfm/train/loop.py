@@ -153,8 +153,11 @@ def train(config, workdir: str, *, max_steps: Optional[int] = None,
                 t_log = time.perf_counter()  # eval time is not training throughput
         ckpt.close(state, it)
     finally:
-        ckpt.wait()  # never leave an async save half-written behind an exception
-        ckpt.release()
+        it.close()  # joins grain's worker processes (and their shared memory) on every exit
+        try:
+            ckpt.wait()  # never leave an async save half-written behind an exception
+        finally:  # a failed save raises CheckpointSaveError here: still restore the handlers
+            ckpt.release()
         writer.close()
     return results
 

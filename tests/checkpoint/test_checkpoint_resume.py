@@ -1,7 +1,7 @@
 """Fault tolerance end to end: real training subprocesses killed and resumed.
 
-- SIGKILL at 5 seeded-random steps (one while an async save is in flight): final state bit-exact
-  vs. an uninterrupted run; per-step losses in metrics.jsonl and TensorBoard equal and each step
+- SIGKILL at 5 seeded-random steps (one while an async save is in flight), with and without grain
+  worker processes: final state bit-exact vs. an uninterrupted run; per-step losses in metrics.jsonl and TensorBoard equal and each step
   logged exactly once.
 - SIGTERM at a random step: a checkpoint of exactly the step it stopped at, exit 0 within 30 s,
   and the resume continues from that step.
@@ -96,7 +96,10 @@ def finalised_steps(workdir):
     return sorted(int(d) for d in os.listdir(root) if d.isdigit())
 
 
-def test_sigkill_at_random_steps_resumes_bit_exactly(reference_run, ckpt_data_dir, tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sigkill_at_random_steps_resumes_bit_exactly(reference_run, ckpt_data_dir, tmp_path,
+                                                     workers):
+    """The reference ran without worker processes: batches do not depend on them."""
     rng = random.Random(20240611)
     # Four kills between saves plus one right after a save was issued (still in flight).
     kills = sorted(rng.sample([s for s in range(2, STEPS) if s % 5], 4)
@@ -105,7 +108,8 @@ def test_sigkill_at_random_steps_resumes_bit_exactly(reference_run, ckpt_data_di
     w = str(tmp_path / "killed")
     resumed_from = []
     for k in kills + [None]:
-        p = run_train(w, ckpt_data_dir, **({"MMFM_TEST_KILL_AT_STEP": k} if k else {}))
+        p = run_train(w, ckpt_data_dir, f"--config.data.worker_count={workers}",
+                      **({"MMFM_TEST_KILL_AT_STEP": k} if k else {}))
         m = re.search(r"resumed from step (\d+) ", p.stderr)
         resumed_from.append(int(m.group(1)) if m else 0)
         if k is None:
