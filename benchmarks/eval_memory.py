@@ -12,7 +12,6 @@ Run:  python benchmarks/eval_memory.py [--batch 64] [--eval_batch 256] [--meshes
 from __future__ import annotations
 
 import argparse
-import functools
 
 import jax
 
@@ -22,11 +21,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from mmfm import sharding as sh  # noqa: E402
 from mmfm.evals.encoders import MeshEncoder  # noqa: E402
-from mmfm.losses.objective import ObjectiveConfig  # noqa: E402
-from mmfm.models.multimodal import TwoTower  # noqa: E402
-from mmfm.train.state import create_state, state_shardings  # noqa: E402
-from mmfm.train.step import StepConfig, train_step  # noqa: E402
-from sharding_memory import optimizer, vit_b16_clip  # noqa: E402
+from sharding_memory import train_setup, vit_b16_clip  # noqa: E402
 
 MiB = 2 ** 20
 
@@ -38,34 +33,21 @@ def _peak(compiled) -> int:
 
 
 def measure(shape, batch: int, eval_batch: int) -> dict:
-    mesh, rules = sh.make_mesh(shape), sh.DEFAULT_RULES
     cfg = vit_b16_clip()
-    model = TwoTower(cfg)
-    tx, lr_fn = optimizer()
-    shardings = state_shardings(model, tx, mesh, rules)
-    shapes = jax.eval_shape(functools.partial(create_state, model=model, tx=tx),
-                            jax.random.PRNGKey(0))
-    abstract = jax.tree.map(lambda s, d: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=d),
-                            shapes, shardings)
-    bsh = sh.batch_sharding(mesh)
-    size, ctx = cfg.image.image_size, cfg.text.context_length
-    batch_abs = {"image": jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8, sharding=bsh),
-                 "tokens": jax.ShapeDtypeStruct((batch, ctx), jnp.int32, sharding=bsh)}
-    sc = StepConfig(model=model, tx=tx, lr_fn=lr_fn, objective=ObjectiveConfig(contrastive="clip"),
-                    mean=(0.5,) * 3, std=(0.5,) * 3, mesh=mesh)
-    step = jax.jit(functools.partial(train_step, sc=sc), in_shardings=(shardings, bsh),
-                   out_shardings=(shardings, None), donate_argnums=(0,))
-    enc = MeshEncoder(model, mesh=mesh, rules=rules, param_sharding=shardings.params,
+    t = train_setup(shape, cfg, batch)
+    mesh, rules, abstract = t["mesh"], t["rules"], t["abstract"]
+    enc = MeshEncoder(t["model"], mesh=mesh, rules=rules, param_sharding=t["shardings"].params,
                       batch_size=eval_batch)
-    eb = enc.batch_size
+    eb, bsh = enc.batch_size, enc.data_sharding
+    size, ctx = cfg.image.image_size, cfg.text.context_length
     with sh.mesh_context(mesh, rules):
-        train = _peak(step.lower(abstract, batch_abs).compile())
+        train = _peak(t["step"].lower(abstract, t["batch"]).compile())
         img = _peak(enc.image_fn.lower(abstract.params, jax.ShapeDtypeStruct(
             (eb, size, size, 3), jnp.float32, sharding=bsh)).compile())
         txt = _peak(enc.text_fn.lower(abstract.params, jax.ShapeDtypeStruct(
             (eb, ctx), jnp.int32, sharding=bsh)).compile())
-    params_all = sh.total_bytes(shapes.params)
-    return dict(shape=shape, train=train, img=img, txt=txt, params=params_all)
+    return dict(shape=shape, train=train, img=img, txt=txt,
+                params=sh.total_bytes(t["shapes"].params))
 
 
 def main() -> None:

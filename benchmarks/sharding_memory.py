@@ -57,7 +57,9 @@ def optimizer(total_steps: int = 1000):
     return optim.make_optimizer(cfg, total_steps)
 
 
-def model_row(name: str, shape, cfg: ModelConfig, batch: int) -> dict:
+def train_setup(shape, cfg: ModelConfig, batch: int) -> dict:
+    """A CLIP train step (AdamW) on `shape`, not compiled: mesh, rules, model, state shardings,
+    abstract state and batch (ShapeDtypeStructs with shardings) and the jitted step."""
     mesh, rules = sh.make_mesh(shape), sh.DEFAULT_RULES
     model = TwoTower(cfg)
     tx, lr_fn = optimizer()
@@ -65,8 +67,6 @@ def model_row(name: str, shape, cfg: ModelConfig, batch: int) -> dict:
     shapes = jax.eval_shape(functools.partial(create_state, model=model, tx=tx), jax.random.PRNGKey(0))
     abstract = jax.tree.map(lambda s, d: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=d),
                             shapes, shardings)
-    state_total = sh.total_bytes((shapes.params, shapes.opt_state))
-    state_dev = sh.per_device_bytes((abstract.params, abstract.opt_state))
     bsh = sh.batch_sharding(mesh)
     size, ctx = cfg.image.image_size, cfg.text.context_length
     batch_abs = {"image": jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8, sharding=bsh),
@@ -75,9 +75,18 @@ def model_row(name: str, shape, cfg: ModelConfig, batch: int) -> dict:
                     mean=(0.5,) * 3, std=(0.5,) * 3, mesh=mesh)
     step = jax.jit(functools.partial(train_step, sc=sc), in_shardings=(shardings, bsh),
                    out_shardings=(shardings, None), donate_argnums=(0,))
+    return dict(mesh=mesh, rules=rules, model=model, shardings=shardings, shapes=shapes,
+                abstract=abstract, batch=batch_abs, step=step)
+
+
+def model_row(name: str, shape, cfg: ModelConfig, batch: int) -> dict:
+    t = train_setup(shape, cfg, batch)
+    shapes, abstract = t["shapes"], t["abstract"]
+    state_total = sh.total_bytes((shapes.params, shapes.opt_state))
+    state_dev = sh.per_device_bytes((abstract.params, abstract.opt_state))
     t0 = time.perf_counter()
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        mem = step.lower(abstract, batch_abs).compile().memory_analysis()
+    with jax.set_mesh(t["mesh"]), nn.logical_axis_rules(t["rules"]):
+        mem = t["step"].lower(abstract, t["batch"]).compile().memory_analysis()
     return dict(name=name, shape=shape, total=state_total, dev=state_dev,
                 arg=mem.argument_size_in_bytes, out=mem.output_size_in_bytes,
                 temp=mem.temp_size_in_bytes, alias=mem.alias_size_in_bytes,
