@@ -128,7 +128,8 @@ def test_unfinalised_step_is_never_listed(saved_run, tmp_path):
     state, _ = ck.restore(tr.abstract_state())
     ck.release()
     assert int(state.step) == 2
-    assert sorted(os.listdir(root)) == ["2"]  # the leftover was cleaned up
+    # The leftover was cleaned up; `assets` holds the run's recorded tokenizer.
+    assert sorted(os.listdir(root)) == ["2", checkpoint.ASSETS_DIR]
 
 
 def test_data_position_carries_over_a_process_count_change(saved_run):
