@@ -105,13 +105,33 @@ def train_main(argv=None) -> None:
             raise app.UsageError("--config and --workdir are required")
         from mmfm.checkpoint import CheckpointSaveError
         from mmfm.evals.runner import train_and_evaluate
+        from mmfm.train.save_failure import DISK_ERRORS
         try:
             with exit_on_peer_failure():
                 train_and_evaluate(flags_.config, flags_.workdir, max_steps=flags_.max_steps)
         except CheckpointSaveError as e:
             _exit_now(str(e), e.exit_code)
+        except OSError as e:  # a full disk can hit a log or run file before a checkpoint
+            if e.errno not in DISK_ERRORS:
+                raise
+            _exit_now(_write_failed(e, flags_.workdir), CheckpointSaveError.exit_code)
 
     _run_absl(main, argv)
+
+
+def _write_failed(e: OSError, workdir: str) -> str:
+    """One line for a run file (metrics, run info, ...) that could not be written."""
+    from mmfm import checkpoint
+    from mmfm.train.save_failure import failure_cause
+
+    try:
+        run = checkpoint.load_run(workdir, params=False)
+        good = (f"the last good checkpoint is step {run.step} ({run.root}/{run.step}); free the "
+                f"space or fix the permission and rerun the same command to resume from it")
+    except (OSError, ValueError):
+        good = "there is no checkpoint yet; a rerun starts from the beginning"
+    where = e.filename or os.path.abspath(workdir)  # a failed write() names no file
+    return f"mmfm: writing {where} failed: {failure_cause(e)}; {good}"
 
 
 def _run_absl(main, argv=None) -> None:

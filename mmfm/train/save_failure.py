@@ -30,7 +30,7 @@ class CheckpointSaveError(OSError):
                          f"{resume}")
 
 
-_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
 _OS_ERROR = re.compile(r"\[OS error (\d+)|\[Errno (\d+)\]|os_error_code='(\d+)'|errno[ =:]+(\d+)",
                        re.IGNORECASE)
 
@@ -61,7 +61,7 @@ class QuietSaveFailure:
 
     def _thread_exception(self, args) -> None:
         e = args.exc_value
-        if isinstance(e, OSError) and e.errno in _DISK_ERRORS:
+        if isinstance(e, OSError) and e.errno in DISK_ERRORS:
             name = args.thread.name if args.thread is not None else "a thread"
             logging.getLogger("mmfm").warning("%s could not write: %s", name, failure_cause(e))
         else:

@@ -222,3 +222,31 @@ def test_full_disk_ends_the_run_with_one_clear_line(reference_run, ckpt_data_dir
         assert_same_state(reference_run, w)
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_full_disk_before_any_save_ends_the_run_with_one_clear_line(ckpt_data_dir, tmp_path):
+    """A disk with no space at all: the run's own files (run info, logs) fail before a checkpoint
+    save is reached. Still one line, exit 74, naming the last good checkpoint; nothing lost."""
+    mnt = tmp_path / "small_fs"
+    _mount_tmpfs(mnt, 40)
+    try:
+        w = str(mnt / "run")
+        p = run_train(w, ckpt_data_dir, max_steps=10)  # checkpoints 5 and 10
+        assert p.returncode == 0, failure_report(p)
+        filler = _fill(str(mnt), 0)
+        p = run_train(w, ckpt_data_dir, max_steps=20)
+        err_lines = [line for line in p.stderr.splitlines() if line.strip()]
+        root = os.path.join(w, "checkpoints")
+        print(f"exit {p.returncode}; {len(err_lines)} stderr lines; last: {err_lines[-1]}")
+        assert p.returncode == 74, failure_report(p)
+        assert err_lines[-1].startswith(f"mmfm: writing {w}"), failure_report(p)
+        assert ("failed: No space left on device (errno ENOSPC); the last good checkpoint is step "
+                f"10 ({root}/10)") in err_lines[-1]
+        assert not [line for line in err_lines if "Traceback" in line], "\n".join(err_lines)
+        assert finalised_steps(w) == [5, 10]
+        os.remove(filler)
+        p = run_train(w, ckpt_data_dir, max_steps=20)
+        assert p.returncode == 0, failure_report(p)
+        assert "resumed from step 10 " in p.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
