@@ -78,8 +78,9 @@ def test_finetune_loads_the_pretrained_tower_and_trains(tiny_run, tmp_path):
     assert res["num_test"] > 0 and res["num_train"] > 0
     with open(tmp_path / "ft" / "metrics.jsonl") as f:
         losses = [json.loads(line)["loss"] for line in f if '"finetune"' in line]
-    assert len(losses) == 4 and losses[-1] < 0.7 * losses[0], losses
-    assert res["finetune/train_accuracy"] >= 2 / 6, res
+    print(f"fine-tune losses {losses}; train accuracy {res['finetune/train_accuracy']:.3f}")
+    assert len(losses) == 4 and all(b < a for a, b in zip(losses, losses[1:])), losses
+    assert res["finetune/train_accuracy"] >= 2 / 6, res  # twice chance on 6 shapes (0.50 here)
     with open(tmp_path / "ft" / "finetune_results.json") as f:
         assert json.load(f)["finetune/accuracy"] == res["finetune/accuracy"]
 
