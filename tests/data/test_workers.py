@@ -9,11 +9,11 @@ import threading
 import time
 
 # A parent that starts one guarded child from a short-lived thread (as grain does), lets that
-# thread exit once the child's guard is in place, reports the child's pid and sleeps. The child
-# prints "alive" once a second. (A bare PR_SET_PDEATHSIG=SIGKILL fails the first check: the
+# thread exit once the child's guard is in place, reports the child's pid (on stderr, so it cannot
+# interleave with the child's output) and sleeps. The child prints "alive" once a second. (A bare PR_SET_PDEATHSIG=SIGKILL fails the first check: the
 # kernel sends it when the starting thread exits.)
 PARENT = textwrap.dedent("""
-    import multiprocessing as mp, threading, time
+    import multiprocessing as mp, sys, threading, time
     from mmfm.data import workers
 
     def child(init, guarded):
@@ -33,7 +33,7 @@ PARENT = textwrap.dedent("""
         proc = ctx.Process(target=child, args=(workers.worker_init_fn(), guarded), daemon=True)
         starter = threading.Thread(target=start, args=(proc, guarded))
         starter.start(); starter.join()
-        print(proc.pid, flush=True)
+        print(f"pid {proc.pid}", file=sys.stderr, flush=True)  # not the child's stdout pipe
         time.sleep(600)
 """)
 
@@ -56,16 +56,19 @@ def _lines(stream) -> "queue.Queue[str]":
 def test_child_outlives_its_starting_thread_but_not_its_parent(tmp_path):
     script = tmp_path / "parent.py"
     script.write_text(PARENT)
-    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True,
                               cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
                               env=dict(os.environ, PYTHONPATH=os.getcwd()))
     child = None
     try:
-        lines = _lines(parent.stdout)
-        out = [lines.get(timeout=60)]
-        while out[-1] == "alive":  # printed before the starting thread ended
-            out.append(lines.get(timeout=60))
-        child = int(out[-1])
+        lines, errors = _lines(parent.stdout), _lines(parent.stderr)
+        reported = errors.get(timeout=60)
+        while not reported.startswith("pid "):  # e.g. import warnings
+            reported = errors.get(timeout=60)
+        child = int(reported.split()[1])  # printed after the starting thread ended
+        while not lines.empty():  # only output printed from now on counts below
+            lines.get_nowait()
         # Still running ~2 s after the thread that started it exited.
         assert [lines.get(timeout=5) for _ in range(3)] == ["alive"] * 3 and _running(child)
         parent.send_signal(signal.SIGKILL)
