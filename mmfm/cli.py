@@ -46,7 +46,10 @@ def _check_argv(argv: Sequence[str], flag: str = "config") -> None:
     spec, paths = _config_overrides(argv, flag)
     if spec is None:
         return
-    root = _package_root(spec.partition(":")[0])
+    path = spec.partition(":")[0]
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--{flag} {path}: no such config file")
+    root = _package_root(path)
     if root not in sys.path:
         sys.path.insert(0, root)
     if not paths:
