@@ -307,7 +307,10 @@ class Checkpointer:
 
     Config keys read: checkpoint_every (0: only at the end and on preemption), keep_checkpoints,
     resume_from ("" or a workdir / checkpoints dir / step dir of another run), resume_mode
-    ("full": params, optimizer, step, rng and data position; "params": params only).
+    ("full": params, optimizer, step, rng and data position; "params": params only),
+    resume_dont_load (with "params": regexes of parameter paths that keep their fresh
+    initialisation, e.g. `("^classifier/",)` for a new head, like big_vision's `dont_load`;
+    checkpoint entries the model lacks are then skipped, and listed in the log).
     """
 
     def __init__(self, workdir: str, config, trainer=None):
@@ -320,6 +323,10 @@ class Checkpointer:
         self.resume_mode = str(config.get("resume_mode", "full"))
         if self.resume_mode not in RESUME_MODES:
             raise ValueError(f"resume_mode must be one of {RESUME_MODES}, got {self.resume_mode!r}")
+        self.dont_load = tuple(config.get("resume_dont_load", ()) or ())
+        if self.dont_load and self.resume_mode != "params":
+            raise ValueError(f"resume_dont_load={list(self.dont_load)} needs resume_mode='params' "
+                             f"(got {self.resume_mode!r})")
         self.root = checkpoint_root(workdir)
         self.manager = _manager(self.root, keep=keep)
         self.meta = run_metadata(trainer)
@@ -378,8 +385,13 @@ class Checkpointer:
             else:
                 if init_fn is None:
                     raise ValueError("resume_mode='params' needs init_fn for the fresh state")
-                params = _restore_params(src, step, abstract_state.params, where=where)
-                state, data = init_fn().replace(params=params), None
+                fresh = init_fn()
+                if self.dont_load:
+                    params = _restore_some_params(src, step, abstract_state.params, fresh.params,
+                                                  self.dont_load, where=where)
+                else:
+                    params = _restore_params(src, step, abstract_state.params, where=where)
+                state, data = fresh.replace(params=params), None
         finally:
             src.close()
         log.warning("started from %s (%s), step %d", where, mode, int(state.step))
@@ -558,6 +570,51 @@ def _restore_params(manager, step: int, target=None, where: Optional[str] = None
     out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
         item=item, restore_args=restore_args, partial_restore=True)))
     return out["state"]["params"]
+
+
+def _path_dict(tree) -> dict[str, Any]:
+    """{'img/encoder/.../kernel': leaf} of a nested params dict (or orbax metadata tree)."""
+    return {k[len("p/"):]: v for k, v in _flat({"p": tree}).items()}
+
+
+def _nest(flat: Mapping[str, Any]) -> dict:
+    out: dict = {}
+    for path, leaf in flat.items():
+        node = out
+        *parents, last = path.split("/")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = leaf
+    return out
+
+
+def _restore_some_params(manager, step: int, target, fresh, dont_load, where: str):
+    """`fresh` params with every path not matching `dont_load` read from the checkpoint.
+
+    `target` (ShapeDtypeStructs with shardings) gives the restored arrays' placement. Checkpoint
+    entries the model lacks (a decoder a fine-tune drops) are skipped and logged.
+    """
+    import re
+    patterns = [re.compile(p) for p in dont_load]
+    want = _path_dict(target)
+    skip = {k for k in want if any(p.search(k) for p in patterns)}
+    if not skip:
+        raise ValueError(f"resume_dont_load {list(dont_load)} matches no parameter of the model; "
+                         f"paths look like {sorted(want)[:6]}")
+    saved = _path_dict(_flat_get(_saved_state_tree(manager, step), "params"))
+    load = {k: v for k, v in want.items() if k not in skip}
+    check_compatible({"params": _nest({k: saved[k] for k in load if k in saved})},
+                     {"params": _nest(load)}, where=where)
+    unused = sorted(set(saved) - set(load))
+    if unused:
+        log.info("%s: %d checkpoint entries not loaded (resume_dont_load or not in the model), "
+                 "first %s", where, len(unused), unused[:4])
+    item = {"params": _nest(load)}
+    out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+        partial_restore=True)))
+    merged = dict(_path_dict(fresh), **_path_dict(out["state"]["params"]))
+    return _nest(merged)
 
 
 def load_run(path: str, *, step: Optional[int] = None, params: bool = True,

@@ -1,4 +1,4 @@
-"""Command line: `mmfm train|eval|export|convert|finetune|data|tokenizer`; all parsing is here.
+"""Command line: `mmfm train|eval|export|convert|data|tokenizer`; all parsing is here.
 
 Thin: every command parses its flags and calls the library, where the logic lives.
 """
@@ -232,29 +232,6 @@ def eval_main(argv=None) -> None:
     _run_absl(main, argv)
 
 
-def finetune_main(argv=None) -> None:
-    """`mmfm finetune --config FILE[:arg] --workdir DIR`: image-tower fine-tuning + probe baseline."""
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    f = flags.FLAGS
-    if "config" not in f:
-        config_flags.DEFINE_config_file("config", None, "fine-tuning config file", lock_config=True)
-        flags.DEFINE_string("workdir", None, "output directory")
-
-    def main(_argv):
-        _setup_logging()
-        if f.config is None or f.workdir is None:
-            raise app.UsageError("--config and --workdir are required")
-        from mmfm.evals.finetune import finetune
-        try:
-            finetune(f.config, f.workdir)
-        except (ValueError, FileNotFoundError) as e:
-            raise app.UsageError(str(e)) from None
-
-    _run_absl(main, argv)
-
-
 def _prepare_parser():
     import argparse
 
@@ -321,7 +298,7 @@ def tokenizer_main(argv=None) -> None:
 
 
 COMMANDS = {"train": train_main, "eval": eval_main, "export": export_main, "convert": convert_main,
-            "finetune": finetune_main, "data": data_main, "tokenizer": tokenizer_main}
+            "data": data_main, "tokenizer": tokenizer_main}
 
 
 def main() -> None:

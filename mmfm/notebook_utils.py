@@ -18,7 +18,7 @@ import logging
 import os
 import sys
 import tempfile
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 

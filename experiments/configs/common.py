@@ -16,17 +16,22 @@ def base_config() -> ml_collections.ConfigDict:
                   # tokenizer file ("" = the dataset's own), train augmentation, a
                   # "module:function" transform factory, components of name="mixture".
                   dataset="", tokenizer="", lowercase=False, crop_scale=(1.0, 1.0), flip=False,
-                  transform="", mixture=())
+                  transform="", mixture=(),
+                  # Fine-tuning: the integer field the classification term trains on
+                  # (captioned_shapes: "shape"/"color", single-object images only; catalogs:
+                  # "label"), and the first N train records (0 = all).
+                  label="", max_train_examples=0)
     # Image normalisation, travels with the model (exports, zoo tags). CLIP's defaults.
     c.preprocess = dict(mean=(0.48145466, 0.4578275, 0.40821073),
                         std=(0.26862954, 0.26130258, 0.27577711))
     c.model = dict(image=dict(variant="mu", patch_size=16, pool="cls"),
                    text=dict(variant="mu", causal=True, pool="eot", mlm_head=False),
                    embed_dim=128, init_temperature=0.07, init_bias=None, mae_decoder=None,
+                   num_classes=0,  # > 0: a classification head on the image embedding
                    dtype="float32", param_dtype="float32", scan=False, remat="none")
     c.loss = dict(contrastive="clip", contrastive_weight=1.0, mae_weight=0.0, mlm_weight=0.0,
                   patch_drop=0.0, mae_ratio=0.75, mlm_ratio=0.15, norm_pix=True, chunked=False,
-                  masked_batch_frac=1.0)
+                  masked_batch_frac=1.0, classify_weight=0.0, label_smoothing=0.0)
     c.optim = dict(name="adamw", lr=1e-3, warmup_steps=100, end_lr_frac=0.0, b1=0.9, b2=0.98,
                    eps=1e-6, weight_decay=0.1, grad_clip=1.0, freeze=())
     c.mesh = dict(shape=(-1, 1, 1),
@@ -40,9 +45,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     # Start from another run's checkpoint when this workdir has none (a workdir, its checkpoints/
     # dir or one step dir); "full": params, optimizer, step, rng, data position; "params": params.
+    # With "params": regexes of parameter paths that keep their fresh init (a new head).
     c.resume_from = ""
     c.resume_mode = "full"
-    c.evals = dict(probe_train_examples=4_000, batch_size=256)
+    c.resume_dont_load = ()
+    c.evals = dict(probe_train_examples=4_000, batch_size=256,
+                   evaluators={})  # named evaluators (mmfm/evals/evaluators.py)
     return c
 
 

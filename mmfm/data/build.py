@@ -13,7 +13,7 @@ from typing import Any
 from mmfm.data import datasets, synthetic
 from mmfm.data.datasets import COMMON_KEYS
 from mmfm.data.pipeline import DataInfo, TrainLoader, load_eval_arrays, make_train_loader
-from mmfm.data.sources import maybe_cached
+from mmfm.data.sources import SubsetSource, first_records, maybe_cached
 from mmfm.data.tokenizers import load_tokenizer
 from mmfm.data.transforms import make_image_transform, make_train_transform
 
@@ -56,8 +56,11 @@ def _build_captioned_shapes(cfg: dict[str, Any], *, batch_size: int, seed: int,
     train_transform = make_train_transform(
         image_size, crop_scale=tuple(cfg.get("crop_scale") or (1.0, 1.0)),
         flip=bool(cfg.get("flip", False)))
-    train_source = maybe_cached(builder.as_data_source(split="train"),
-                                bool(cfg.get("in_memory", False)))
+    train_source = first_records(maybe_cached(builder.as_data_source(split="train"),
+                                              bool(cfg.get("in_memory", False))),
+                                 cfg.get("max_train_examples"))
+    if cfg.get("label"):
+        train_source = _single_object(train_source, cfg["label"])
     loader = make_train_loader(
         train_source, batch_size=batch_size, seed=seed, tokenizer=tokenizer,
         context_length=context_length, transform=train_transform,
@@ -75,10 +78,22 @@ def _build_captioned_shapes(cfg: dict[str, Any], *, batch_size: int, seed: int,
     info = DataInfo(
         name="captioned_shapes", image_size=image_size, context_length=context_length,
         vocab_size=tokenizer.vocab_size, tokenizer_path=tokenizer_path,
-        num_train=builder.builder_config.num_train, num_eval=len(test),
+        num_train=len(train_source), num_eval=len(test),
         examples_per_shard=loader.examples_per_shard,
         batches_per_epoch=loader.batches_per_epoch, zeroshot=dict(synthetic.ZEROSHOT))
     return loader, eval_arrays_fn, tokenizer, info
+
+
+def _single_object(source, label: str) -> SubsetSource:
+    """The records with one object: a shape/colour label describes only those (as in the evals)."""
+    if label not in synthetic.ZEROSHOT:
+        raise ValueError(f"config.data.label={label!r}: captioned_shapes labels are "
+                         f"{sorted(synthetic.ZEROSHOT)}")
+    keep = [i for i in range(len(source)) if int(source[i]["num_objects"]) == 1]
+    if not keep:
+        raise ValueError("config.data.label: no single-object training image among the "
+                         f"{len(source)} records (raise config.data.max_train_examples)")
+    return SubsetSource(source, keep)
 
 
 # name -> fn(cfg dict, *, batch_size, seed, shard_index, shard_count)
@@ -108,7 +123,8 @@ def build_data(data_cfg: Any, *, batch_size: int, seed: int, shard_index: int = 
         captioned_shapes: image_size, num_train, num_test, seed (of the data), context_length,
         caption_drop (attribute -> prob; empty = full captions), caption_whole (share of
         captions left whole when caption_drop is set), in_memory (keep train records after
-        their first read), worker_count).
+        their first read), worker_count, max_train_examples (the first N train records),
+        label (fine-tuning: "shape" or "color"; keeps the single-object images)).
       batch_size: per-shard (per-host) batch size.
       seed: shuffling/augmentation seed (distinct from the dataset's generation seed).
       shard_index, shard_count: this host's shard, e.g. jax.process_index()/process_count().

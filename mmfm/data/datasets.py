@@ -28,7 +28,10 @@ from mmfm.data.transforms import make_image_transform, make_train_transform
 COMMON_KEYS = frozenset({
     "name", "dir", "image_size", "num_train", "num_test", "seed", "context_length",
     "caption_drop", "caption_whole", "worker_count", "num_threads", "dataset", "tokenizer",
-    "lowercase", "in_memory", "crop_scale", "flip", "transform", "mixture"})
+    "lowercase", "in_memory", "crop_scale", "flip", "transform", "mixture",
+    # Fine-tuning: the integer field the classification term trains on, and a prefix of the
+    # train split (few-label settings).
+    "label", "max_train_examples"})
 CORPUS_FORMATS = ("wds", "jsonl")
 
 
@@ -142,7 +145,8 @@ def build_corpus_or_catalog(cfg: dict[str, Any], *, batch_size: int, seed: int,
                 prepare_skips[reason] = prepare_skips.get(reason, 0) + n
     else:
         comps = [Component(cfg)]
-        train = sources.SafeSource(sources.maybe_cached(comps[0].source("train"), in_memory))
+        train = sources.SafeSource(sources.first_records(
+            sources.maybe_cached(comps[0].source("train"), in_memory), cfg.get("max_train_examples")))
         label_keys, prepare_skips = comps[0].label_keys, comps[0].prepare_skips
     first = comps[0]
     tokenizer, tokenizer_path = _tokenizer(cfg, first)

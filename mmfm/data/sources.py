@@ -92,6 +92,28 @@ class CachedSource:
         return {"source": self.source, "_records": {}}
 
 
+class SubsetSource:
+    """The records of `source` at `indices`, in that order (a labelled or size-limited split)."""
+
+    def __init__(self, source: Any, indices: Sequence[int]):
+        self.source, self.indices = source, np.asarray(indices, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.source[int(self.indices[int(index)])]
+
+
+def first_records(source: Any, max_examples: Any) -> Any:
+    """The first `max_examples` records of `source` (all of them when None or 0)."""
+    if not max_examples:
+        return source
+    if int(max_examples) < 0:
+        raise ValueError(f"config.data.max_train_examples must be >= 0, got {max_examples}")
+    return SubsetSource(source, range(min(len(source), int(max_examples))))
+
+
 def maybe_cached(source: Any, in_memory: bool) -> Any:
     """`source` wrapped in a CachedSource when the data config asks for `in_memory`."""
     return CachedSource(source) if in_memory else source

@@ -6,7 +6,7 @@ linear_probe: multinomial logistic regression (L-BFGS in JAX), full and few-shot
 
 Built on these (import the modules directly; they load TFDS/flax models):
   evaluators: `config.evals.evaluators` -> Evaluator objects (zeroshot, retrieval, linear_probe,
-    few_shot, mae_pictures) run during training (runner.TrainingEvaluator) and by `mmfm eval`
+    few_shot, mae_pictures, classify: a fine-tuned head's accuracy) run during training (runner.TrainingEvaluator) and by `mmfm eval`
     (standalone).
   encoders.MeshEncoder: jitted encoders on the training mesh (sharded params, sharded eval batch).
   model_io.EvalModel: params + preprocessing + tokenizer from a checkpoint or a trainer
@@ -14,7 +14,8 @@ Built on these (import the modules directly; they load TFDS/flax models):
   datasets: named eval datasets (cifar10/100, imagenet2012, coco_captions, captioned_shapes) and
     the shipped class names / prompt templates (mmfm/evals/data/*.json).
   pictures: PIL grids of top retrievals and MAE reconstructions.
-  finetune: image-tower fine-tuning with a classification head (+ its linear-probe baseline).
+Fine-tuning is training: a classification term in the one Trainer (`loss.classify_weight`,
+`model.num_classes`; experiments/configs/finetune_shapes.py).
 """
 from mmfm.evals.linear_probe import (few_shot_probe, fit_logreg, linear_probe, predict_logreg,
                                      sample_few_shot, standardize)

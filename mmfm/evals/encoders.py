@@ -107,6 +107,14 @@ class MeshEncoder:
         """The jitted `(params, tokens [batch_size, L]) -> [batch_size, D]`."""
         return self._jitted("text", self._encode_text, 1)
 
+    def _classify(self, params, x):
+        return self.model.apply({"params": params}, x, method=self.model.classify)
+
+    def class_logits(self, params, images: np.ndarray) -> np.ndarray:
+        """float32 `[n, H, W, 3]` normalised images -> classifier logits `[n, num_classes]`."""
+        return self.map_batches("classify", self._classify, params, np.asarray(images, np.float32),
+                                out_dim=self.model.cfg.num_classes)
+
     def images(self, params, images: np.ndarray) -> np.ndarray:
         """float32 `[n, H, W, 3]` normalised images -> L2-normalised `[n, D]`."""
         return self.map_batches("image", self._encode_image, params, np.asarray(images, np.float32))

@@ -6,11 +6,14 @@
         "c10_probe": dict(type="linear_probe", dataset="cifar10", max_train_examples=10_000),
         "c10_fewshot": dict(type="few_shot", dataset="cifar10", shots=(1, 5, 10, 25)),
         "recon": dict(type="mae_pictures", dataset="captioned_shapes", num_images=8),
+        "c10_head": dict(type="classify", dataset="cifar10"),   # a fine-tuned classifier head
     }
     (a list of dicts with a "name" key works too)
 
 Every evaluator returns `{"<name>/<metric>": float}`. `every`: run every N training steps
-(0 = only at the end of training); standalone `mmfm eval` runs all of them. Unknown types or keys
+(0 = only at the end of training); `at_start=True` also runs it before the first step (the
+baseline of a fine-tune: a linear probe of the pretrained features); standalone `mmfm eval` runs
+all of them. Unknown types or keys
 raise a ValueError naming `evals.evaluators.<name>.<key>` and the valid keys.
 """
 from __future__ import annotations
@@ -32,7 +35,8 @@ __all__ = ["Evaluator", "EvalModel", "TYPES", "build_evaluators", "evaluator_con
 
 # Keys every evaluator accepts; `dataset` is required.
 _COMMON = {"type": None, "name": None, "dataset": None, "split": "test", "every": 0,
-           "data_dir": None, "max_examples": None, "label_key": None, "shapes": None}
+           "at_start": False, "data_dir": None, "max_examples": None, "label_key": None,
+           "shapes": None}
 _PROBE = {"train_split": "train", "max_train_examples": None}
 TYPES: dict[str, dict[str, Any]] = {
     "zeroshot": {"topk": (1, 5), "prompts": None},
@@ -40,6 +44,7 @@ TYPES: dict[str, dict[str, Any]] = {
     "linear_probe": {**_PROBE, "l2_grid": DEFAULT_L2_GRID, "val_fraction": 0.2, "seed": 0},
     "few_shot": {**_PROBE, "shots": (1, 5, 10, 25), "seeds": (0, 1, 2), "l2": 1e-2},
     "mae_pictures": {"num_images": 8, "ratio": None, "seed": 0},
+    "classify": {"topk": (1,)},  # the model's own classification head (`model.num_classes`)
 }
 
 
@@ -96,11 +101,14 @@ class Evaluator:
     def __init__(self, cfg: dict, *, data_dir: Optional[str] = None, shapes: Optional[dict] = None):
         self.cfg, self.name, self.type = cfg, cfg["name"], cfg["type"]
         self.every = int(cfg.get("every") or 0)
+        self.at_start = bool(cfg.get("at_start"))
         self.data_dir = cfg.get("data_dir") or data_dir
         self.shapes = dict(_plain(cfg.get("shapes")) or shapes or {})
 
     def due(self, step: int, total_steps: int) -> bool:
-        """At the last step always; otherwise every `every` steps."""
+        """Before training (step 0) with `at_start`; at the last step always; every `every` steps."""
+        if step == 0:
+            return self.at_start
         return step == total_steps or (self.every > 0 and step % self.every == 0)
 
     # ------------------------------------------------------------------ data + features (cached)
@@ -143,6 +151,23 @@ class Evaluator:
             path = os.path.join(workdir, "pictures", f"{self.name}_step{step}.png")
             pictures.write_retrieval_grid(path, data, img, txt, num_queries=int(c["pictures"]),
                                           k=int(c["picture_k"]))
+        return out
+
+    def _run_classify(self, m: EvalModel, **_) -> dict:
+        c = self.cfg
+        data = ds.load_classification(c["dataset"], c["split"], data_dir=self.data_dir,
+                                      max_examples=c["max_examples"], label_key=c.get("label_key"),
+                                      shapes=self.shapes)
+        logits = m.classify_image_source(data.images)
+        if logits.shape[1] != len(data.classnames):
+            raise ValueError(f"evals.evaluators.{self.name}: the classifier has {logits.shape[1]} "
+                             f"classes, {c['dataset']!r} has {len(data.classnames)}")
+        order = np.argsort(-logits, axis=1)
+        out = {f"top{k}": float(np.mean(np.any(order[:, :k] == data.labels[:, None], axis=1)))
+               for k in c["topk"]}
+        per_class = [np.mean(order[data.labels == j, 0] == j)
+                     for j in range(len(data.classnames)) if np.any(data.labels == j)]
+        out["mean_per_class_recall"] = float(np.mean(per_class)) if per_class else 0.0
         return out
 
     def _probe_data(self, m: EvalModel):

@@ -103,6 +103,16 @@ class EvalModel:
             out.append(self.encode_images(source.images(range(start, min(start + bs, len(source))))))
         return np.concatenate(out) if out else np.zeros((0, self.model.cfg.embed_dim), np.float32)
 
+    def classify_image_source(self, source) -> np.ndarray:
+        """An `ImageSource` -> the classifier's logits `[n, num_classes]` (fine-tuned runs)."""
+        if not self.model.cfg.num_classes:
+            raise ValueError("the model has no classification head (model.num_classes is 0)")
+        out, bs = [], self.batch_size
+        for start in range(0, len(source), bs):
+            images = self.preprocess_images(source.images(range(start, min(start + bs, len(source)))))
+            out.append(self.encoder.class_logits(self.params, images))
+        return np.concatenate(out) if out else np.zeros((0, self.model.cfg.num_classes), np.float32)
+
     def encode_tokens(self, tokens: np.ndarray) -> np.ndarray:
         return self.encoder.tokens(self.params, tokens)
 

@@ -114,7 +114,8 @@ class TrainingEvaluator:
         self._arrays: Optional[tuple] = None
 
     def due(self, step: int) -> bool:
-        if step == self.total_steps or (self.every and step % self.every == 0):
+        """Step 0 (before training): only evaluators with `at_start` (fine-tuning baselines)."""
+        if step and (step == self.total_steps or (self.every and step % self.every == 0)):
             return True
         return any(e.due(step, self.total_steps) for e in self.named)
 
@@ -126,17 +127,19 @@ class TrainingEvaluator:
         the evaluator's name).
         """
         tr, ev = self.trainer, self.trainer.config.evals
-        if self._arrays is None:
-            self._arrays = (tr.eval_arrays(),
-                            tr.eval_arrays(split="train", max_examples=ev.probe_train_examples))
         m = EvalModel.from_trainer(tr, state.params, self.encoder)
         timings: dict[str, float] = {}
-        t0 = time.perf_counter()
-        results = evaluate_arrays(m, *self._arrays, dict(tr.data_info.zeroshot),
-                                  few_shot=tuple(ev.get("few_shot", (1, 5, 10))),
-                                  few_shot_seeds=tuple(ev.get("few_shot_seeds", (0, 1, 2))),
-                                  timings=timings)
-        timings["total"] = time.perf_counter() - t0
+        results: dict[str, float] = {}
+        if step:  # before training only the `at_start` evaluators run
+            if self._arrays is None:
+                self._arrays = (tr.eval_arrays(),
+                                tr.eval_arrays(split="train", max_examples=ev.probe_train_examples))
+            t0 = time.perf_counter()
+            results = evaluate_arrays(m, *self._arrays, dict(tr.data_info.zeroshot),
+                                      few_shot=tuple(ev.get("few_shot", (1, 5, 10))),
+                                      few_shot_seeds=tuple(ev.get("few_shot_seeds", (0, 1, 2))),
+                                      timings=timings)
+            timings["total"] = time.perf_counter() - t0
         for e in self.named:
             if e.due(step, self.total_steps):
                 t0 = time.perf_counter()

@@ -1,7 +1,8 @@
-"""The shared objective: config-weighted contrastive + MAE + MLM, with every term as a metric.
+"""The shared objective: config-weighted contrastive + MAE + MLM + classification, every term a metric.
 
-CLIP, SigLIP, FLIP, MAE-only, M3AE-like and the combined mmfm objective are this one function with
-different weights; a weight of 0 skips that branch of the forward pass entirely.
+CLIP, SigLIP, FLIP, MAE-only, M3AE-like, the combined mmfm objective and supervised fine-tuning
+(a classification head, `classify_weight`) are this one function with different weights; a weight
+of 0 skips that branch of the forward pass entirely.
 """
 from __future__ import annotations
 
@@ -35,16 +36,23 @@ class ObjectiveConfig:
     # Below 1 the masked terms cost proportionally less while the contrastive term keeps the
     # whole batch; the shared image view needs 1 (both views must cover the same images).
     masked_batch_frac: float = 1.0
+    # Softmax cross-entropy of the classification head (`model.num_classes`) on the batch's
+    # `label`s; label_smoothing spreads that much target mass uniformly over the classes.
+    classify_weight: float = 0.0
+    label_smoothing: float = 0.0
 
     def validate(self, prefix: str = "loss") -> "ObjectiveConfig":
         if self.contrastive not in CONTRASTIVE_KINDS:
             raise ValueError(f"{prefix}.contrastive: unknown kind {self.contrastive!r}; "
                              f"valid: {', '.join(CONTRASTIVE_KINDS)}")
-        for name in ("contrastive_weight", "mae_weight", "mlm_weight"):
+        weights = ("contrastive_weight", "mae_weight", "mlm_weight", "classify_weight")
+        for name in weights:
             if getattr(self, name) < 0:
                 raise ValueError(f"{prefix}.{name}: must be >= 0, got {getattr(self, name)}")
-        if self.contrastive_weight == self.mae_weight == self.mlm_weight == 0:
+        if not any(getattr(self, name) for name in weights):
             raise ValueError(f"{prefix}: every loss weight is 0; nothing to train")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"{prefix}.label_smoothing: must be in [0, 1), got {self.label_smoothing}")
         for name in ("patch_drop", "mae_ratio"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{prefix}.{name}: must be in [0, 1), got {getattr(self, name)}")
@@ -68,6 +76,10 @@ class ObjectiveConfig:
         return self.mlm_weight > 0
 
     @property
+    def use_classify(self) -> bool:
+        return self.classify_weight > 0
+
+    @property
     def shared_image_view(self) -> bool:
         """Equal ratios: one image-encoder pass serves both the contrastive and MAE losses."""
         return (self.use_contrastive and self.use_mae and self.patch_drop == self.mae_ratio
@@ -78,14 +90,24 @@ class ObjectiveConfig:
         return max(1, round(batch * self.masked_batch_frac))
 
 
+def classification_loss(logits: Array, labels: Array, smoothing: float = 0.0) -> Array:
+    """Mean softmax cross-entropy of `logits` [batch, classes] against int `labels` [batch]."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    target = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
+    if smoothing:
+        target = target * (1.0 - smoothing) + smoothing / logits.shape[-1]
+    return -jnp.mean(jnp.sum(target * logp, axis=-1))
+
+
 def objective(out: dict, *, images: Array, tokens: Array, mae_mask: Optional[Array],
               mlm_mask: Optional[Array], patch_size: int, cfg: ObjectiveConfig,
-              mesh=None) -> tuple[Array, dict]:
+              mesh=None, labels: Optional[Array] = None) -> tuple[Array, dict]:
     """Weighted total loss and metrics from the model's output dict.
 
     images: [rows, H, W, C] normalised floats (the MAE targets); tokens: [rows, seq] original
     tokens (the MLM targets); mae_mask / mlm_mask: 1 where removed / masked. `rows` is
-    `cfg.masked_rows(batch)`: the rows the masked views were computed on.
+    `cfg.masked_rows(batch)`: the rows the masked views were computed on. labels: int [batch],
+    the classification targets (with `classify_weight`).
     """
     total = jnp.zeros((), jnp.float32)
     metrics = {}
@@ -106,6 +128,14 @@ def objective(out: dict, *, images: Array, tokens: Array, mae_mask: Optional[Arr
         total += cfg.mlm_weight * mlm
         metrics["loss/mlm"] = mlm
         metrics["mlm/accuracy"] = mlm_accuracy(out["mlm/logits"], tokens, mlm_mask)
+    if cfg.use_classify:
+        if labels is None:
+            raise ValueError("loss.classify_weight > 0 needs labels in the batch (config.data.label)")
+        logits = out["cls/logits"]
+        cls = classification_loss(logits, labels, cfg.label_smoothing)
+        total += cfg.classify_weight * cls
+        metrics["loss/classify"] = cls
+        metrics["classify/accuracy"] = jnp.mean(jnp.argmax(logits, -1) == labels)
     metrics["loss"] = total
     return total, metrics
 
@@ -118,3 +148,6 @@ def check_model_fits(cfg: ObjectiveConfig, model_cfg) -> None:
         raise ValueError("loss.mae_weight > 0 needs model.mae_decoder (e.g. dict(width=64, depth=1))")
     if cfg.use_mlm and not model_cfg.text.mlm_head:
         raise ValueError("loss.mlm_weight > 0 needs model.text.mlm_head=True")
+    if cfg.use_classify and not model_cfg.num_classes:
+        raise ValueError("loss.classify_weight > 0 needs model.num_classes (the classifier's "
+                         "number of classes)")

@@ -134,6 +134,8 @@ class ModelConfig:
     init_temperature: float = 0.07  # CLIP: logit scale = 1/0.07; SigLIP uses 10 with bias -10
     init_bias: Optional[float] = None  # None: no bias parameter (CLIP)
     mae_decoder: Optional[DecoderConfig] = None
+    # > 0: a linear classification head on the image embedding (fine-tuning, `loss.classify_weight`)
+    num_classes: int = 0
 
     def validate(self) -> "ModelConfig":
         self.image.validate("model.image")
@@ -144,6 +146,7 @@ class ModelConfig:
                f"head=False needs embed_dim == image width ({self.embed_dim} != {self.image.width})")
         if self.mae_decoder is not None:
             self.mae_decoder.validate("model.mae_decoder")
+        _check(self.num_classes >= 0, "model.num_classes", f"must be >= 0, got {self.num_classes}")
         return self
 
 
@@ -255,6 +258,7 @@ def count_params_closed_form(cfg: ModelConfig) -> int:
         n += d.width  # mask token
         n += blocks(d) + 2 * d.width
         n += d.width * im.patch_size ** 2 * im.channels + im.patch_size ** 2 * im.channels
+    n += (cfg.embed_dim + 1) * cfg.num_classes
     return n
 
 

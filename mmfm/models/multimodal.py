@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmfm import sharding as sh
 from mmfm.models.config import ModelConfig
 from mmfm.models.heads import MaeDecoder
 from mmfm.models.text import TextTransformer
@@ -29,7 +30,9 @@ class TwoTower(nn.Module):
     """Image + text encoders sharing an embedding space.
 
     Parameter tree: `img/...`, `txt/...`, `t` (log of the logit scale), `b` (SigLIP bias, when
-    `init_bias` is set), `mae_decoder/...` (when configured).
+    `init_bias` is set), `mae_decoder/...` (when configured), `classifier/...` (a linear head on
+    the image embedding, when `num_classes > 0`; zero-initialised, so fine-tuning starts from
+    uniform predictions).
     """
     cfg: ModelConfig
 
@@ -42,11 +45,26 @@ class TwoTower(nn.Module):
             self.b = self.param("b", nn.initializers.constant(cfg.init_bias), (1,))
         if cfg.mae_decoder is not None:
             self.mae_decoder = MaeDecoder(cfg.mae_decoder, cfg.image)
+        if cfg.num_classes:
+            self.classifier = nn.Dense(
+                cfg.num_classes, kernel_init=nn.with_logical_partitioning(
+                    nn.initializers.zeros_init(), (sh.EMBED, None)),
+                bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (None,)))
 
     def encode_image(self, images: Array, *, keep_idx: Optional[Array] = None, train: bool = False):
         """images [batch, H, W, C] (normalised floats) -> (L2-normalised [batch, embed_dim], out)."""
         emb, out = self.img(images, keep_idx=keep_idx, train=train)
         return l2_normalize(emb), out
+
+    def classify(self, images: Array, *, train: bool = False) -> Array:
+        """images [batch, H, W, C] (normalised) -> class logits [batch, num_classes], float32."""
+        emb, _ = self.img(images, train=train)
+        return self._class_logits(emb)
+
+    def _class_logits(self, emb: Array) -> Array:
+        if not self.cfg.num_classes:
+            raise ValueError("the model has no classifier (model.num_classes is 0)")
+        return self.classifier(emb.astype(jnp.float32))
 
     def encode_text(self, tokens: Array, *, train: bool = False, mlm: bool = False):
         """tokens int [batch, seq] -> (L2-normalised [batch, embed_dim], out)."""
@@ -61,7 +79,7 @@ class TwoTower(nn.Module):
     def __call__(self, images: Array, tokens: Array, *, con_keep: Optional[Array] = None,
                  mae_keep: Optional[Array] = None, mlm_tokens: Optional[Array] = None,
                  mae_images: Optional[Array] = None, contrastive: bool = True,
-                 mae_shares_view: bool = False, train: bool = False):
+                 mae_shares_view: bool = False, classify: bool = False, train: bool = False):
         """One training forward pass; every branch is optional so any loss weight may be zero.
 
         con_keep / mae_keep: [batch, kept] patch indices of the contrastive / reconstruction views
@@ -70,11 +88,14 @@ class TwoTower(nn.Module):
         mlm_tokens: [rows, seq] tokens with masked positions replaced; its pass yields `mlm/logits`.
         mae_images: the reconstruction view's images when it covers other rows than `images` (a
         sub-batch, `loss.masked_batch_frac`); None = `images`.
+        classify: class logits of the whole images (`cls/logits`), from the contrastive pass when
+        it sees every patch.
         """
         out = {}
         img_out = None
         if contrastive:
-            img_emb, img_out = self.encode_image(images, keep_idx=con_keep, train=train)
+            raw_emb, img_out = self.img(images, keep_idx=con_keep, train=train)
+            img_emb = l2_normalize(raw_emb)
             txt_emb, _ = self.encode_text(tokens, train=train)
             scale, bias = self.logit_params()
             out.update({"img/emb": img_emb, "txt/emb": txt_emb, "scale": scale})
@@ -95,6 +116,10 @@ class TwoTower(nn.Module):
                 raise ValueError("mlm_tokens given but model.text.mlm_head is False")
             _, txt_out = self.encode_text(mlm_tokens, train=train, mlm=True)
             out["mlm/logits"] = txt_out["mlm_logits"]
+        if classify:
+            if not (contrastive and con_keep is None):
+                raw_emb, _ = self.img(images, train=train)
+            out["cls/logits"] = self._class_logits(raw_emb)
         return out
 
 
@@ -115,4 +140,5 @@ def init_inputs(cfg: ModelConfig, batch: int = 1) -> dict:
 def init_params(model: TwoTower, rng: Array, batch: int = 1):
     """Boxed (logically partitioned) parameter tree of `model`."""
     inputs = init_inputs(model.cfg, batch)
-    return model.init({"params": rng}, inputs.pop("images"), inputs.pop("tokens"), **inputs)["params"]
+    return model.init({"params": rng}, inputs.pop("images"), inputs.pop("tokens"),
+                      classify=model.cfg.num_classes > 0, **inputs)["params"]

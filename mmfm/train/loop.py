@@ -59,6 +59,9 @@ class Trainer:
             model=self.model, tx=self.tx, lr_fn=self.lr_fn, objective=self.obj,
             mean=tuple(config.preprocess.mean), std=tuple(config.preprocess.std), mask_id=tok.mask_id,
             special_ids=tuple(tok.special_ids), mesh=self.mesh)
+        # The batch field holding the classification targets (fed to the step as `label`).
+        self.label_key = (str(config.data.get("label") or "label")
+                          if self.obj.use_classify else None)
         self.jit_step = jax.jit(functools.partial(train_step, sc=self.step_cfg),
                                 in_shardings=(self.state_sharding, self.batch_sharding),
                                 out_shardings=(self.state_sharding, None), donate_argnums=(0,))
@@ -81,8 +84,16 @@ class Trainer:
 
     def global_batch(self, local: dict) -> dict:
         """Host-local numpy batch -> global arrays sharded over the mesh's batch axes."""
-        return {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(local[k]))
-                for k in ("image", "tokens")}
+        fields = {"image": "image", "tokens": "tokens"}
+        if self.label_key is not None:
+            if self.label_key not in local:
+                ints = sorted(k for k, v in local.items() if np.asarray(v).ndim == 1)
+                raise ValueError(f"config.data.label={self.label_key!r}: the training batches "
+                                 f"have no such field; integer fields: {ints}")
+            fields["label"] = self.label_key
+        return {k: jax.make_array_from_process_local_data(self.batch_sharding,
+                                                          np.asarray(local[src]))
+                for k, src in fields.items()}
 
     def step(self, state: TrainState, local_batch: dict):
         with self.mesh_context():
@@ -132,6 +143,9 @@ def train(config, workdir: str, *, max_steps: Optional[int] = None,
     results: dict = {}
     t_log, step_log = time.perf_counter(), start
     try:
+        if start == 0 and evaluator is not None and evaluator.due(0):
+            results = evaluator(state, writer, 0)  # baselines before training (`at_start`)
+            t_log = time.perf_counter()
         for step in range(start, min(last, config.total_steps)):
             state, metrics = tr.step(state, next(it))
             done = step + 1

@@ -83,14 +83,15 @@ def loss_and_metrics(params, batch, rng, sc: StepConfig):
         {"params": params}, images, tokens, con_keep=v["con_keep"], mae_keep=v["mae_keep"],
         mlm_tokens=v["mlm_tokens"], mae_images=m_images if rows < b else None,
         contrastive=sc.objective.use_contrastive, mae_shares_view=sc.objective.shared_image_view,
-        train=True, rngs={"dropout": r_drop})
+        classify=sc.objective.use_classify, train=True, rngs={"dropout": r_drop})
     return objective(out, images=m_images, tokens=m_tokens, mae_mask=v["mae_mask"],
                      mlm_mask=v["mlm_mask"], patch_size=sc.model.cfg.image.patch_size,
-                     cfg=sc.objective, mesh=sc.mesh)
+                     cfg=sc.objective, mesh=sc.mesh, labels=batch.get("label"))
 
 
 def train_step(state: TrainState, batch: dict, *, sc: StepConfig) -> tuple[TrainState, dict]:
-    """One optimizer step. batch: {image uint8 [B,H,W,3], tokens int32 [B,L]} (global arrays)."""
+    """One optimizer step. batch: {image uint8 [B,H,W,3], tokens int32 [B,L], label int32 [B]
+    (with a classification term)} (global arrays)."""
     rng = jax.random.fold_in(state.rng, state.step)
     grad_fn = jax.value_and_grad(loss_and_metrics, has_aux=True)
     (_, metrics), grads = grad_fn(state.params, batch, rng, sc)

@@ -169,7 +169,7 @@ def _load(spec: str):
 def check_train(tokens: list[str], module: str = "mmfm.train",
                 help_argv: tuple[str, ...] | None = None) -> list[str]:
     """A `--config FILE[:arg]` command of `module` (the trainer), or of the command whose flags
-    `help_argv --helpfull` lists (e.g. `mmfm finetune`)."""
+    `help_argv --helpfull` lists."""
     errors = []
     spec = _config_value(tokens)
     if spec is None:
@@ -231,9 +231,6 @@ def check_segment(tokens: list[str]) -> list[str]:
             errors.append(f"mmfm {args[:1]}: not a command; valid {sorted(COMMANDS)}")
         elif args[0] == "train":
             errors += check_train(args[1:])
-        elif args[0] == "finetune":
-            errors += check_train(args[1:], "mmfm finetune",
-                                  ("-c", "from mmfm.cli import main; main()", "finetune"))
         else:
             sub = [a for a in args if not a.startswith("-")][:2]
             sub = sub[:1] if args[0] in ("eval", "export", "convert") else sub

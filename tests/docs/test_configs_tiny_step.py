@@ -30,12 +30,6 @@ def test_configs_found():
             "mmfm_b16.py"} <= names, names
 
 
-def _runner(path: str) -> str:
-    """The module the config's docstring runs it with (mmfm.train unless it says otherwise)."""
-    cmds = [c.text for c in dc.docstring_commands(os.path.join(dc.ROOT, path))]
-    return "finetune" if any("mmfm finetune" in c for c in cmds) else "train"
-
-
 @pytest.mark.parametrize("path", CONFIGS)
 def test_tiny_config_runs_one_step(path, data_dir, tmp_path):
     from mmfm.train.loop import Trainer
@@ -44,12 +38,6 @@ def test_tiny_config_runs_one_step(path, data_dir, tmp_path):
     full = load_config(path)
     assert config.batch_size <= 64 and config.total_steps <= 10, "tiny must be a seconds-long job"
     assert full.batch_size >= config.batch_size
-    if _runner(path) == "finetune":  # its own short loop (a few steps + eval)
-        from mmfm.evals.finetune import finetune
-        results = finetune(config, str(tmp_path))
-        assert results and all(np.isfinite(v) for v in results.values()
-                               if isinstance(v, float)), results
-        return
     tr = Trainer(config, str(tmp_path))
     state = tr.init_state()
     batch = next(iter(tr.train_loader))

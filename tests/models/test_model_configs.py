@@ -28,6 +28,16 @@ def test_every_size_builds_with_closed_form_count(variant):
     assert n_params(abstract_params(cfg)) == count_params_closed_form(cfg)
 
 
+def test_classifier_head_adds_embed_times_classes_plus_bias():
+    base = ModelConfig(image=vit_config("mu/8", image_size=32), text=text_config("mu"),
+                       embed_dim=16).validate()
+    head = dataclasses.replace(base, num_classes=7).validate()
+    shapes = jax.tree.map(lambda x: x.shape, abstract_params(head))
+    assert shapes["classifier"] == {"kernel": (16, 7), "bias": (7,)}
+    assert n_params(abstract_params(head)) - n_params(abstract_params(base)) == 16 * 7 + 7
+    assert count_params_closed_form(head) == n_params(abstract_params(head))
+
+
 @pytest.mark.parametrize("variant", [
     dict(pool="map", posemb="sincos2d"),
     dict(pool="mean", patch_bias=False, ln_pre=True),

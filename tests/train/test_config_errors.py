@@ -50,6 +50,9 @@ def tiny(**updates):
     ({"model.image.pool": "max"}, "model.image.pool"),
     ({"loss.contrastive": "triplet"}, "loss.contrastive"),
     ({"loss.mae_ratio": 1.0}, "loss.mae_ratio"),
+    ({"loss.label_smoothing": 1.0}, "loss.label_smoothing"),
+    ({"loss.classify_weight": -1.0}, "loss.classify_weight"),
+    ({"model.num_classes": -2}, "model.num_classes"),
 ])
 def test_model_and_loss_errors_name_the_key(updates, key):
     c = tiny(**updates)
@@ -62,6 +65,7 @@ def test_model_and_loss_errors_name_the_key(updates, key):
     ({"loss.contrastive": "siglip"}, "model.init_bias"),
     ({"model.mae_decoder": None}, "model.mae_decoder"),
     ({"model.text.mlm_head": False}, "model.text.mlm_head"),
+    ({"loss.classify_weight": 1.0}, "model.num_classes"),
 ])
 def test_objective_needs_matching_model_parts(updates, key):
     c = tiny(**updates)

@@ -198,3 +198,72 @@ def test_schedule_warmup_then_cosine_to_end():
     assert float(fn(0)) == 0.0 and abs(float(fn(10)) - 1.0) < 1e-6
     assert abs(float(fn(100)) - 0.1) < 1e-6
     assert float(fn(55)) == pytest.approx(0.1 + 0.9 * 0.5, abs=1e-6)
+
+
+def _classify_setup(**loss):
+    """The tiny demo model with a 5-class head; the classification term alone unless `loss`."""
+    config = demo.get_config("tiny")
+    with config.unlocked():
+        config.model.num_classes = 5
+        config.total_steps = 30  # the tiny schedule's lr is 0 after its 4 steps
+        config.loss.update(dict(contrastive_weight=0.0, mae_weight=0.0, mlm_weight=0.0,
+                                classify_weight=1.0), **loss)
+    cfg = model_config(config)
+    model = TwoTower(cfg)
+    tx, lr_fn = optim.make_optimizer(config.optim, config.total_steps)
+    sc = StepConfig(model=model, tx=tx, lr_fn=lr_fn, objective=objective_config(config),
+                    mean=tuple(config.preprocess.mean), std=tuple(config.preprocess.std))
+    state = create_state(jax.random.PRNGKey(0), model=model, tx=tx)
+    rng = np.random.default_rng(1)
+    b, s = config.batch_size, cfg.image.image_size
+    batch = {"image": jnp.asarray(rng.integers(0, 256, (b, s, s, 3), np.uint8)),
+             "tokens": jnp.zeros((b, cfg.text.context_length), jnp.int32),
+             "label": jnp.asarray(rng.integers(0, 5, (b,)), jnp.int32)}
+    return sc, state, batch
+
+
+def test_classification_loss_is_numpy_cross_entropy():
+    from mmfm.losses.objective import classification_loss
+
+    rng = np.random.default_rng(0)
+    logits, labels = rng.normal(size=(7, 4)) * 3, rng.integers(0, 4, 7)
+    logp = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True)) \
+        - logits.max(1, keepdims=True)
+    for eps in (0.0, 0.1):
+        target = np.eye(4)[labels] * (1 - eps) + eps / 4
+        want = -np.mean(np.sum(target * logp, axis=1))
+        got = classification_loss(jnp.asarray(logits, jnp.float32), jnp.asarray(labels), eps)
+        np.testing.assert_allclose(float(got), want, rtol=1e-5)
+
+
+def test_classify_term_trains_the_head_and_image_tower_only():
+    sc, state, batch = _classify_setup()
+    # The zero-initialised head predicts uniformly: the first loss is log(5) exactly.
+    (_, m0), grads = jax.value_and_grad(loss_and_metrics, has_aux=True)(
+        state.params, batch, jax.random.PRNGKey(0), sc)
+    np.testing.assert_allclose(float(m0["loss/classify"]), np.log(5), rtol=1e-6)
+    assert set(m0) == {"loss", "loss/classify", "classify/accuracy"}, sorted(m0)
+    assert np.any(np.asarray(grads["classifier"]["kernel"]))
+    for tower in ("txt", "mae_decoder"):  # not on the classification path: exactly zero
+        assert not any(np.any(np.asarray(g)) for g in jax.tree.leaves(grads[tower])), tower
+    step = jax.jit(functools.partial(train_step, sc=sc))
+    for _ in range(30):
+        state, m = step(state, batch)
+    assert float(m["loss/classify"]) < 0.5 * np.log(5), m  # a fixed batch is memorised
+    assert float(m["classify/accuracy"]) > 0.8, m
+
+
+def test_classify_reuses_the_contrastive_pass_only_without_patch_drop():
+    """The head reads the contrastive pass when it sees every patch (it adds only its own matmul);
+    with FLIP patch dropping the head needs a full-image pass of its own."""
+    def cost(drop, classify):
+        sc, state, batch = _classify_setup(contrastive_weight=1.0, patch_drop=drop,
+                                           classify_weight=classify)
+        return _grad_flops(sc, state, batch)
+
+    full, full_cls = cost(0.0, 0.0), cost(0.0, 1.0)
+    drop, drop_cls = cost(0.5, 0.0), cost(0.5, 1.0)
+    print(f"grad FLOPs: no drop {full:.3g} -> +head {full_cls:.3g}; drop 0.5 {drop:.3g} -> "
+          f"+head {drop_cls:.3g}")
+    assert full < full_cls < full * 1.01
+    assert drop_cls - drop > 0.2 * drop
