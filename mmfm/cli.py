@@ -1,4 +1,4 @@
-"""Command line: `mmfm train|eval|export|convert|data|tokenizer`; all parsing is here.
+"""Command line: `mmfm train|eval|export|convert|data|tokenizer|recipes`; all parsing is here.
 
 Thin: every command parses its flags and calls the library, where the logic lives.
 """
@@ -297,8 +297,46 @@ def tokenizer_main(argv=None) -> None:
           f"eot {tok.eot_id}, mask {tok.mask_id})")
 
 
+def recipes_main(argv=None) -> None:
+    """`mmfm recipes` lists the shipped recipes; `mmfm recipes copy NAME [DEST] [--force]` copies
+    one out to edit and train with `mmfm train --config DEST`."""
+    import argparse
+    import shutil
+
+    from mmfm import recipes
+
+    p = argparse.ArgumentParser(prog="mmfm recipes", description="The experiment configs that "
+                                "ship with mmfm: list them, or copy one out to edit.")
+    sub = p.add_subparsers(dest="action")
+    sub.add_parser("list", help="names and descriptions (the default)")
+    cp = sub.add_parser("copy", help="write a recipe's file to DEST")
+    cp.add_argument("name", help="a recipe name from `mmfm recipes`, e.g. demo")
+    cp.add_argument("dest", nargs="?", help="file or directory (default: ./NAME.py)")
+    cp.add_argument("--force", action="store_true", help="overwrite an existing DEST")
+    a = p.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if a.action in (None, "list"):
+        names = recipes.available()
+        width = max(map(len, names))
+        for name, doc in names.items():
+            print(f"{name:<{width}}  {doc}")
+        print("\ncopy one with `mmfm recipes copy NAME [DEST]`, then "
+              "`mmfm train --config DEST --workdir DIR`")
+        return
+    try:
+        src = recipes.recipe_path(a.name)
+    except ValueError as e:
+        p.error(str(e))
+    dest = a.dest or f"{os.path.basename(src)}"
+    if os.path.isdir(dest):
+        dest = os.path.join(dest, os.path.basename(src))
+    if os.path.exists(dest) and not a.force:
+        p.error(f"{dest} exists (use --force to overwrite)")
+    shutil.copyfile(src, dest)
+    print(f"wrote {dest}; train it with: mmfm train --config {dest}:tiny --workdir runs/try")
+
+
 COMMANDS = {"train": train_main, "eval": eval_main, "export": export_main, "convert": convert_main,
-            "data": data_main, "tokenizer": tokenizer_main}
+            "data": data_main, "tokenizer": tokenizer_main, "recipes": recipes_main}
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ Run (TPU v4-64 / 8x H100; global batch 32k as in the paper, 16k fits a v4-32):
 Smoke test on CPU:
   python -m mmfm.train --config experiments/configs/clip_b16.py:tiny --workdir /tmp/clip_tiny
 """
-from experiments.configs import common
+from mmfm.recipes import common
 
 
 def get_config(arg: str | None = None):

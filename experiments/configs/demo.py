@@ -13,7 +13,7 @@ hierarchical-MLP patch stem (model.image.stem="hmlp"): with the plain linear pat
 shape stayed near chance at this budget (a 16 px patch holds a whole small object at any offset,
 and one matrix must recognise it everywhere).
 """
-from experiments.configs import common
+from mmfm.recipes import common
 
 
 def get_config(arg: str | None = None):

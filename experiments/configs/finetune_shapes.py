@@ -19,7 +19,7 @@ evaluator reports the fine-tuned head's test accuracy, so eval.json compares bot
 the MAE paper on the same labels. `--config.optim.freeze='("^(img|txt|mae_decoder)/", "^t$")'`
 trains the head only; `--config.data.label=color` fine-tunes on colour.
 """
-from experiments.configs import demo
+from mmfm.recipes import demo
 
 FROZEN = ("^txt/", "^t$", "^mae_decoder/")  # unused by the classification term
 

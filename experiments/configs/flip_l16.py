@@ -6,7 +6,7 @@ Run (TPU v4-128 / 16x H100; batch 32k as in the paper):
 Smoke test on CPU:
   python -m mmfm.train --config experiments/configs/flip_l16.py:tiny --workdir /tmp/flip_tiny
 """
-from experiments.configs import common
+from mmfm.recipes import common
 
 
 def get_config(arg: str | None = None):

@@ -12,7 +12,7 @@ The normal trainer with two changes: every parameter under `img/` gets a zero up
 restores); only the contrastive loss is on, so the MAE decoder is unused. Zhai et al. 2022 found a
 locked pretrained image tower with a tuned text tower the better way to add zero-shot ability.
 """
-from experiments.configs import demo
+from mmfm.recipes import demo
 
 
 def get_config(arg: str | None = None):

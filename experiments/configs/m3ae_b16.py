@@ -7,7 +7,7 @@ Run (TPU v4-32):
 Smoke test on CPU:
   python -m mmfm.train --config experiments/configs/m3ae_b16.py:tiny --workdir /tmp/m3ae_tiny
 """
-from experiments.configs import common
+from mmfm.recipes import common
 
 
 def get_config(arg: str | None = None):

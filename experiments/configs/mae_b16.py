@@ -8,7 +8,7 @@ Run (TPU v4-32; batch 4096 as in the paper):
 Smoke test on CPU:
   python -m mmfm.train --config experiments/configs/mae_b16.py:tiny --workdir /tmp/mae_tiny
 """
-from experiments.configs import common
+from mmfm.recipes import common
 
 
 def get_config(arg: str | None = None):

@@ -8,7 +8,7 @@ Run (TPU v4-64):
 Smoke test on CPU:
   python -m mmfm.train --config experiments/configs/mmfm_b16.py:tiny --workdir /tmp/mmfm_tiny
 """
-from experiments.configs import common
+from mmfm.recipes import common
 
 
 def get_config(arg: str | None = None):

@@ -6,7 +6,7 @@ Run (TPU v4-32, global batch 32k as in the paper):
 Smoke test on CPU:
   python -m mmfm.train --config experiments/configs/siglip_b16.py:tiny --workdir /tmp/siglip_tiny
 """
-from experiments.configs import common
+from mmfm.recipes import common
 
 
 def get_config(arg: str | None = None):
