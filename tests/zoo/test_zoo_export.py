@@ -59,12 +59,12 @@ def test_export_loads_by_path_with_identical_embeddings_and_zeroshot(trained):
                                   np.asarray(mmfm.encode_text(tr.model, train_params, ["a red circle"], tokenizer=tr.tokenizer)))
 
     # Zero-shot and retrieval from the export alone (its mean/std, tokenizer, class names) equal
-    # the numbers the training run wrote to eval.json.
+    # the numbers the training run wrote to eval_results.json.
     m = mmfm.load_eval_model(out, batch_size=config.evals.batch_size)
     assert m.zeroshot == {k: (tuple(n), tuple(t)) for k, (n, t) in meta["zeroshot"].items()}
     mine = evaluate_arrays(m, test, None, m.zeroshot)
-    with open(os.path.join(workdir, "eval.json")) as f:
-        at_training = json.load(f)
+    with open(os.path.join(workdir, "eval_results.json")) as f:
+        at_training = json.load(f)["metrics"]
     keys = [k for k in mine if k.startswith(("zeroshot/", "retrieval/"))]
     assert any(k.startswith("zeroshot/") for k in keys)
     assert {k: mine[k] for k in keys} == {k: at_training[k] for k in keys}
