@@ -239,7 +239,9 @@ def train_main(argv=None) -> None:
         except CheckpointSaveError as e:
             _exit_now(str(e), e.exit_code)
         except Interrupted as e:  # Ctrl-C: saved and stopped; scripts see 130, not success
-            _exit_now(f"mmfm train: {e}", INTERRUPT_EXIT)
+            logging.shutdown()  # the run closed cleanly: an ordinary exit (atexit hooks run)
+            print(f"mmfm train: {e}", file=sys.stderr, flush=True)
+            sys.exit(INTERRUPT_EXIT)
         except OSError as e:  # a full disk can hit a log or run file before a checkpoint
             if e.errno not in DISK_ERRORS:
                 raise
