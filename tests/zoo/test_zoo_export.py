@@ -75,5 +75,6 @@ def test_export_of_non_workdir_is_a_clear_error(tmp_path, capsys):
         export_main(["--workdir", str(tmp_path), "--out", str(tmp_path / "x")])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "no finalised checkpoint" in err and len(err.splitlines()) == 1
+    assert err.startswith("mmfm export: error: ") and "no finalised checkpoint" in err
+    assert len(err.splitlines()) == 1
     assert not os.path.exists(tmp_path / "x")
