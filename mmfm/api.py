@@ -46,18 +46,32 @@ def _is_source(x: str) -> bool:
     return pre_lib.is_url(x) or os.path.exists(x)
 
 
+_PATH_SUFFIXES = (".safetensors", ".npz", ".json", ".model") + pre_lib.PICKLE_SUFFIXES
+
+
+def _looks_like_path(x: str) -> bool:
+    """A path, not a name: registry names and tags never hold a path separator."""
+    return (os.sep in x or (os.altsep or os.sep) in x or x.startswith(("~", "."))
+            or x.endswith(_PATH_SUFFIXES))
+
+
+def _path_not_found(what: str, x: str) -> FileNotFoundError:
+    return FileNotFoundError(f"{what} {x!r}: path not found ({os.path.abspath(os.path.expanduser(x))} "
+                             "does not exist); a name would have no path separator (`mmfm zoo` "
+                             "lists architectures and tags)")
+
+
 def _fetch_tag(tag: registry.PretrainedTag, cache: Optional[str], offline: Optional[bool]) -> str:
-    sub = tag.source.replace("://", "_").replace("/", "_")
+    sub = os.path.basename(pre_lib.tag_cache_dir(tag, cache))
     paths = []
     for name in tag.files:
-        if tag.url_base is None:
-            url = None
-        else:
-            url = tag.url_base + name
-        cached = os.path.join(pre_lib.cache_dir(cache), sub, name)
+        url = None if tag.url_base is None else tag.url_base + name
+        cached = os.path.join(pre_lib.tag_cache_dir(tag, cache), name)
         if url is None and not os.path.isfile(cached):
             raise FileNotFoundError(f"{tag.arch}/{tag.tag}: {name} ({tag.source}) has no public URL "
-                                    f"mmfm can fetch; download it yourself and place it at {cached}")
+                                    f"mmfm can fetch; download it yourself and place it at {cached} "
+                                    f"(the cache directory is {pre_lib.cache_dir(cache)}, set by "
+                                    f"MMFM_CACHE_DIR)")
         paths.append(pre_lib.fetch(url or cached, sha256=tag.sha256.get(name), cache=cache,
                                    offline=offline, subdir=sub))
     return os.path.dirname(paths[0]) if tag.converter == "hf" else paths[0]
@@ -74,11 +88,15 @@ def load_model_info(name: str, pretrained: Optional[str] = None, *, overrides: O
     elif pretrained is None and _is_source(name):
         pretrained = name
         name = None
+    elif _looks_like_path(name):
+        raise _path_not_found("model", name)
     else:
         registry.get_model_config(name)  # raises listing valid names
     flat, src_info, base_dir = None, {}, None
     if pretrained is not None:
         if not _is_source(pretrained):
+            if _looks_like_path(pretrained):
+                raise _path_not_found("pretrained", pretrained)
             if name is None:
                 raise ValueError(f"pretrained={pretrained!r} is neither a file/URL nor usable without "
                                  "an architecture name")
@@ -227,6 +245,8 @@ def get_tokenizer(name: str, *, kind: Optional[str] = None):
         k = kind or ("hf" if name.endswith(".json") else "siglip")
         spec = registry.TokenizerSpec(k, os.path.basename(name), pad_id=1 if k == "siglip" else None)
         return make_tokenizer(spec, os.path.dirname(os.path.abspath(name)))
+    if _looks_like_path(name):
+        raise _path_not_found("tokenizer", name)
     registry.get_model_config(name)  # raises listing valid names
     raise AssertionError
 

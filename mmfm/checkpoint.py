@@ -19,7 +19,9 @@ What a run needs to be used without its training data is recorded with it: the t
 and the preprocessing (in `meta`). `load_run(path)` is the one read-only way to load a run.
 
 Preemption: SIGTERM/SIGINT set a flag; the loop saves the step it just finished, waits for the
-write and stops. In multi-process runs JAX's preemption service (which owns SIGTERM there) picks
+write and stops. After SIGTERM (a scheduler's preemption) training returns normally (exit code 0);
+after SIGINT (Ctrl-C) it raises `Interrupted`, a KeyboardInterrupt, so the CLI exits with 130 and
+scripts can tell that the run stopped early. In multi-process runs JAX's preemption service (which owns SIGTERM there) picks
 one sync step for all hosts (`multihost_utils.reached_preemption_sync_point`).
 
 A failed save (disk full, permission denied, quota) raises `CheckpointSaveError`, whose message
@@ -219,11 +221,21 @@ def set_data_state(it, saved: Optional[Mapping]) -> None:
 
 # ----------------------------------------------------------------------------- preemption
 
+class Interrupted(KeyboardInterrupt):
+    """Training stopped by SIGINT (Ctrl-C) after saving `step`: rerun the same command to resume."""
+
+    def __init__(self, step: int, path: str):
+        self.step, self.path = step, path
+        super().__init__(f"interrupted (SIGINT): saved step {step} to {path}; rerun the same "
+                         f"command to resume")
+
+
 class PreemptionWatcher:
-    """SIGTERM/SIGINT -> `requested`; restores the previous handlers on `uninstall`."""
+    """SIGTERM/SIGINT -> `requested` (and `signum`); restores the previous handlers on `uninstall`."""
 
     def __init__(self):
         self.requested, self._old = False, {}
+        self.signum: Optional[int] = None
         sigs = [signal.SIGINT]
         if not _jax_preemption_service():  # otherwise JAX's notifier owns SIGTERM
             sigs.append(signal.SIGTERM)
@@ -238,7 +250,7 @@ class PreemptionWatcher:
             raise KeyboardInterrupt
         log.warning("received %s: saving the current step, then stopping",
                     signal.Signals(signum).name)
-        self.requested = True
+        self.requested, self.signum = True, signum
 
     def uninstall(self) -> None:
         for sig, old in self._old.items():
@@ -334,6 +346,7 @@ class Checkpointer:
         self.config_json = json.loads(config.to_json_best_effort()) \
             if hasattr(config, "to_json_best_effort") else dict(config)
         self.preempted = False
+        self.stopped_at: Optional[int] = None  # the step saved on preemption
         self._last_saved: Optional[int] = None
         self._in_flight: Optional[int] = None  # the step of the async save not yet waited for
         self.failed: Optional[CheckpointSaveError] = None
@@ -470,6 +483,7 @@ class Checkpointer:
         if self.preempted:
             self._finish_in_flight()
             log.warning("preempted: saved step %d to %s/%d", step, self.root, step)
+            self.stopped_at = step
         _maybe_test_kill(step)
 
     def wait(self) -> None:
@@ -483,6 +497,11 @@ class Checkpointer:
         self._finish_in_flight()
         self.manager.close()
         self.release()
+
+    def raise_if_interrupted(self) -> None:
+        """Raises `Interrupted` if a SIGINT stopped the run (its step is saved by then)."""
+        if self.stopped_at is not None and self._watcher.signum == signal.SIGINT:
+            raise Interrupted(self.stopped_at, os.path.join(self.root, str(self.stopped_at)))
 
     def release(self) -> None:
         """Restores the signal handlers (and log filters) that were there before this checkpointer.

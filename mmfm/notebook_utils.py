@@ -158,7 +158,7 @@ def demo_assets(*, data_dir: Optional[str] = None, overrides: Optional[dict] = N
     quiet_logs()
     root = repo_root()
     made_demo = os.path.join(root, "runs", "demo")
-    if overrides is None and os.path.isfile(os.path.join(made_demo, "eval.json")):
+    if overrides is None and os.path.isfile(os.path.join(made_demo, "eval_results.json")):
         workdir = made_demo
         config = _run_config(workdir)
         export_dir = os.path.join(workspace(), "demo-export")

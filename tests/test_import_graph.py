@@ -13,7 +13,8 @@ import pytest
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "mmfm")
 
 LAYERS = [
-    ("mmfm.sharding", "mmfm.masking", "mmfm.patches", "mmfm.version", "mmfm.compile_cache"),
+    ("mmfm.sharding", "mmfm.masking", "mmfm.patches", "mmfm.version", "mmfm.compile_cache",
+     "mmfm.fileio"),
     ("mmfm.models",),
     ("mmfm.losses",),
     ("mmfm.data",),

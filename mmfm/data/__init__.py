@@ -4,6 +4,8 @@ Names are imported lazily so `import mmfm.data.tokenizers` does not pull in TFDS
 """
 import importlib
 
+from mmfm.data import quiet  # noqa: F401 - drops TFDS log lines that do not apply (see quiet.py)
+
 _EXPORTS = {
     "synthetic": ("CaptionedShapes", "CaptionDropper", "COLORS", "COLOR_TEMPLATES",
                   "DEFAULT_CAPTION_DROP", "SHAPES", "SHAPE_TEMPLATES", "ZEROSHOT",

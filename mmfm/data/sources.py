@@ -181,7 +181,7 @@ def open_prepared(fmt: str, data_dir: str, dataset: str):
     from mmfm.data.builders.common import dataset_dir
     if not dataset:
         raise ValueError(f"config.data.dataset is empty: name the prepared {fmt} dataset "
-                         f"(`mmfm data prepare --format {fmt} --name NAME --data-dir DIR`)")
+                         f"(`mmfm data prepare --format {fmt} --name NAME --data_dir DIR`)")
     path = dataset_dir(data_dir, fmt, dataset)
     if not os.path.isfile(os.path.join(path, "dataset_info.json")):
         root = os.path.join(os.fspath(data_dir), fmt)
@@ -189,7 +189,7 @@ def open_prepared(fmt: str, data_dir: str, dataset: str):
         raise FileNotFoundError(f"prepared {fmt} dataset {dataset!r} not found at {path} "
                                 f"(config.data.dataset / config.data.dir); available in {root}: "
                                 f"{found}; prepare it with `mmfm data prepare --format {fmt} "
-                                f"--name {dataset} --data-dir {data_dir} --src ...`")
+                                f"--name {dataset} --data_dir {data_dir} --src ...`")
     return tfds.builder_from_directory(path)
 
 

@@ -29,6 +29,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image, ImageDraw
 
+from mmfm.data import quiet
 from mmfm.data.tokenizers import train_tokenizer
 
 SHAPES = ("circle", "square", "triangle", "star", "hexagon", "cross")
@@ -378,7 +379,7 @@ def tokenizer_corpus(cfg: CaptionedShapesConfig, variants: int = 2):
 def prepare_captioned_shapes(data_dir: str, **config) -> CaptionedShapes:
     """Builds the dataset and its tokenizer under `data_dir` unless already there (idempotent)."""
     builder = _builder(data_dir, config)
-    builder.download_and_prepare()  # TFDS skips this when the version directory is complete
+    quiet.prepare(builder, "captioned_shapes")  # skipped when the version directory is complete
     path = shapes_tokenizer_path(data_dir, **config)
     if not os.path.exists(path):
         train_tokenizer(tokenizer_corpus(builder.builder_config), path)

@@ -23,6 +23,8 @@ import numpy as np
 import sentencepiece as spm
 import tokenizers as hf
 
+from mmfm.fileio import honour_umask
+
 # Fixed SentencePiece ids for trained models: PAD must be 0 (the padding value), the rest follow.
 PAD_ID, UNK_ID, BOS_ID, EOT_ID = 0, 1, 2, 3
 MASK_PIECE = "<mask>"
@@ -157,6 +159,7 @@ def train_tokenizer(texts: Iterable[str], path: str, *, vocab_size: int = 256,
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
     with os.fdopen(fd, "wb") as f:
         f.write(model.getvalue())
+    honour_umask(tmp)  # mkstemp creates it 0600
     os.replace(tmp, path)
     return Tokenizer(path)
 

@@ -1,7 +1,8 @@
 """Evaluations run during training and at its end: retrieval, zero-shot and linear probes.
 
 Glue between a model + params and the pure metric functions (retrieval, zeroshot, linear_probe).
-Results are printed as a table, logged to metrics.jsonl/TensorBoard and written to eval.json.
+Results are printed as a table, logged to metrics.jsonl/TensorBoard and written to
+`<workdir>/eval_results.json` (`RESULTS_FILE`, the same name and layout `mmfm eval` writes).
 `train_and_evaluate` is the training loop (`mmfm.train.loop.train`) with these evaluations.
 """
 from __future__ import annotations
@@ -22,6 +23,8 @@ from mmfm.evals.zeroshot import class_embeddings, zeroshot_accuracy
 from mmfm.train.loop import train
 
 log = logging.getLogger("mmfm")
+
+RESULTS_FILE = "eval_results.json"  # {"step", "source", "metrics", "timings_s"}, training and `mmfm eval`
 
 
 def evaluate_arrays(m: EvalModel, test: dict, probe_train: dict | None, zeroshot: dict, *,
@@ -120,7 +123,7 @@ class TrainingEvaluator:
         return any(e.due(step, self.total_steps) for e in self.named)
 
     def __call__(self, state, writer, step: int) -> dict:
-        """Evaluates `state.params`; logs, prints and writes `eval.json` (main process).
+        """Evaluates `state.params`; logs, prints and writes `RESULTS_FILE` (main process).
 
         Runs the built-in eval of the training data (retrieval, zero-shot, linear and few-shot
         probes), then every named evaluator of `config.evals` due at `step` (metrics prefixed with
@@ -149,8 +152,9 @@ class TrainingEvaluator:
         writer.write(step, results, kind="eval")
         if writer.enabled:
             print(f"eval at step {step}:\n{format_table(results)}", flush=True)
-            with open(os.path.join(tr.workdir, "eval.json"), "w") as f:
-                json.dump({"step": step, **results, "timings_s": timings}, f, indent=1)
+            with open(os.path.join(tr.workdir, RESULTS_FILE), "w") as f:
+                json.dump({"step": step, "source": {"workdir": tr.workdir, "kind": "training"},
+                           "metrics": results, "timings_s": timings}, f, indent=1)
         return results
 
 

@@ -59,7 +59,7 @@ def evaluate_training_data(run_config, model, *, out_dir: str, step: int,
 def write_results(out_dir: str, step: int, results: dict, timings: dict,
                   source: Optional[dict]) -> dict:
     """OUT/eval_results.json, OUT/metrics.jsonl + TensorBoard (kind "eval") and a printed table."""
-    from mmfm.evals.runner import format_table
+    from mmfm.evals.runner import RESULTS_FILE, format_table
     from mmfm.train.metrics import MetricsWriter
 
     os.makedirs(out_dir, exist_ok=True)
@@ -68,7 +68,7 @@ def write_results(out_dir: str, step: int, results: dict, timings: dict,
         writer.write(step, results, kind="eval")
     finally:
         writer.close()
-    with open(os.path.join(out_dir, "eval_results.json"), "w") as f:
+    with open(os.path.join(out_dir, RESULTS_FILE), "w") as f:
         json.dump({"step": step, "source": source or {}, "metrics": results, "timings_s": timings},
                   f, indent=1)
     print(format_table(results), flush=True)

@@ -21,7 +21,7 @@ from mmfm.config_utils import check_batch, model_config, objective_config
 from mmfm.losses.objective import check_model_fits
 from mmfm.models.multimodal import TwoTower, init_params
 from mmfm.train import optim
-from mmfm.train.metrics import MetricsWriter
+from mmfm.train.metrics import MetricsWriter, StepClock
 from mmfm.train.state import TrainState, create_state, state_shardings
 from mmfm.train.step import StepConfig, train_step
 
@@ -118,7 +118,8 @@ def train(config, workdir: str, *, max_steps: Optional[int] = None,
     `make_evaluator(trainer)` is called once and returns an object with `due(step)` and
     `(state, writer, step) -> metrics` (`mmfm.evals.runner.TrainingEvaluator`); None: no evals.
     Every step is checkpointed (when due) before it is evaluated, so a failing eval never loses
-    the training it measured.
+    the training it measured. SIGTERM saves the current step and returns; SIGINT (Ctrl-C) saves it
+    and raises `mmfm.checkpoint.Interrupted` (a KeyboardInterrupt).
     """
     from mmfm import checkpoint
 
@@ -141,7 +142,7 @@ def train(config, workdir: str, *, max_steps: Optional[int] = None,
         _write_run_info(workdir, config, tr)
     last = max_steps if max_steps is not None else config.total_steps
     results: dict = {}
-    t_log, step_log = time.perf_counter(), start
+    clock = StepClock(start)  # post-compile step times: the throughput and the ETA
     try:
         if start == 0 and evaluator is not None and evaluator.due(0):
             results = evaluator(state, writer, 0)  # baselines before training (`at_start`)
@@ -149,22 +150,25 @@ def train(config, workdir: str, *, max_steps: Optional[int] = None,
         for step in range(start, min(last, config.total_steps)):
             state, metrics = tr.step(state, next(it))
             done = step + 1
+            if done == start + 1:  # the first step of a process compiles: time it apart
+                jax.block_until_ready(metrics)
+                clock.warm(done)
             if done % config.log_every == 0 or done == config.total_steps:
                 metrics = jax.device_get(metrics)  # the only host sync, at log intervals
-                now = time.perf_counter()
-                metrics["samples_per_sec"] = config.batch_size * (done - step_log) / max(now - t_log, 1e-9)
+                rate = clock.interval_rate(done, config.batch_size)
+                if rate is not None:
+                    metrics["samples_per_sec"] = rate
                 metrics.update(it.skip_counts())  # corrupt/skipped records, by reason
-                t_log, step_log = now, done
                 rec = writer.write(done, metrics)
-                writer.progress(done, rec, config.batch_size)
+                writer.progress(done, rec, config.batch_size, eta_s=clock.eta(done, config.total_steps))
             # Logs are flushed before each save so they are durable up to the saved step.
             ckpt.maybe_save(done, state, it, before_save=writer.flush,
                             final=done == config.total_steps)
             if ckpt.preempted:
                 break
             if evaluator is not None and evaluator.due(done):
-                results = evaluator(state, writer, done)
-                t_log = time.perf_counter()  # eval time is not training throughput
+                with clock.paused():  # eval time is not training throughput
+                    results = evaluator(state, writer, done)
         ckpt.close(state, it)
     finally:
         it.close()  # joins grain's worker processes (and their shared memory) on every exit
@@ -173,6 +177,7 @@ def train(config, workdir: str, *, max_steps: Optional[int] = None,
         finally:  # a failed save raises CheckpointSaveError here: still restore the handlers
             ckpt.release()
         writer.close()
+    ckpt.raise_if_interrupted()  # Ctrl-C: saved and stopped; the caller learns it stopped early
     return results
 
 

@@ -19,6 +19,7 @@ from typing import Optional
 
 import numpy as np
 
+from mmfm.fileio import honour_umask
 from mmfm.models.config import ModelConfig, model_config_from_dict, model_config_to_dict
 from mmfm.zoo import pretrained
 from mmfm.zoo.pretrained import FORMAT, PARAMS_FILE, VERSION
@@ -60,7 +61,6 @@ def save_export(out_dir: str, flat_params: dict, cfg: ModelConfig, *, preprocess
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix=".export-")
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; an export is meant to be shared
     try:
         save_file({k: np.ascontiguousarray(v) for k, v in flat.items()}, os.path.join(tmp, PARAMS_FILE))
         if tokenizer.kind != "clip_bpe":
@@ -70,6 +70,7 @@ def save_export(out_dir: str, flat_params: dict, cfg: ModelConfig, *, preprocess
                 "zeroshot": zeroshot or {}, "source": source or {}}
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(meta, f, indent=1)
+        honour_umask(tmp)  # mkdtemp and the safetensors writer make private (0700/0600) entries
         if os.path.exists(out_dir):
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)

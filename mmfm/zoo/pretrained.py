@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import struct
+import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
@@ -18,7 +19,7 @@ from typing import Optional
 import numpy as np
 
 from mmfm.models.config import ModelConfig, model_config_from_dict
-from mmfm.zoo.registry import Preprocess, TokenizerSpec
+from mmfm.zoo.registry import PretrainedTag, Preprocess, TokenizerSpec
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 HOW_TO_CONVERT = (
@@ -32,6 +33,10 @@ HOW_TO_CONVERT = (
 
 class WeightsError(ValueError):
     """A weights file that cannot be used (wrong hash, truncated, pickle, unknown layout)."""
+
+
+class DownloadError(ConnectionError):
+    """A weights file could not be downloaded; the message says how to work offline."""
 
 
 def cache_dir(override: Optional[str] = None) -> str:
@@ -101,21 +106,80 @@ def fetch(src: str, *, sha256: Optional[str] = None, cache: Optional[str] = None
     if os.path.isfile(dest):
         verify_sha256(dest, sha256)
         return dest
+    where = f"the cache directory {cache_dir(cache)} (MMFM_CACHE_DIR)"
     if is_offline(offline):
-        raise FileNotFoundError(f"offline mode (MMFM_OFFLINE): {src} is not in the cache; put the "
-                                f"file at {dest} or unset MMFM_OFFLINE")
+        raise FileNotFoundError(f"offline mode (MMFM_OFFLINE=1): {src} is not in {where}; put the "
+                                f"file at {dest}, or unset MMFM_OFFLINE to download it")
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     part = dest + ".part"
     try:
         with urllib.request.urlopen(src, timeout=60) as r, open(part, "wb") as f:
             shutil.copyfileobj(r, f, 1 << 20)
         verify_sha256(part, sha256)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(part):
             os.remove(part)
+        if isinstance(e, (urllib.error.URLError, TimeoutError, ConnectionError)):
+            reason = getattr(e, "reason", None) or e
+            raise DownloadError(f"cannot download {src} ({type(e).__name__}: {reason}). Without "
+                                f"network access, fetch the file elsewhere, put it at {dest} (in "
+                                f"{where}) and set MMFM_OFFLINE=1") from e
         raise
     os.replace(part, dest)  # only a complete, verified file ever appears under its real name
     return dest
+
+
+def tag_cache_dir(tag: PretrainedTag, cache: Optional[str] = None) -> str:
+    """Where a pretrained tag's files are cached (`<cache>/<source with / as _>/`)."""
+    return os.path.join(cache_dir(cache), tag.source.replace("://", "_").replace("/", "_"))
+
+
+def is_cached(tag: PretrainedTag, cache: Optional[str] = None) -> bool:
+    """Whether every file of `tag` is in the cache (usable with MMFM_OFFLINE=1)."""
+    return all(os.path.isfile(os.path.join(tag_cache_dir(tag, cache), n)) for n in tag.files)
+
+
+def _human(n: float, units=("", "K", "M", "G", "T")) -> str:
+    for u in units:
+        if n < 1000 or u == units[-1]:
+            return f"{n:.0f}{u}" if u == "" else f"{n:.1f}{u}"
+        n /= 1000
+    return str(n)
+
+
+def zoo_listing(cache: Optional[str] = None) -> tuple[list[dict], list[dict], str]:
+    """(architectures, pretrained tags, cache dir) as rows for `mmfm zoo`.
+
+    Sizes come from the config alone (`count_params_closed_form`): parameters, and the float32
+    bytes of the weights (a release stored in 16 bits downloads half that).
+    """
+    from mmfm.models.config import count_params_closed_form
+    from mmfm.zoo import registry
+
+    archs, params = [], {}
+    for name in registry.list_models():
+        try:
+            cfg = registry.get_model_config(name)
+        except ValueError as e:  # a registry entry that does not validate: say so, list the rest
+            archs.append({"arch": name, "params": "-", "image": f"invalid config: {str(e).split(': ', 1)[-1]}", "text": "-",
+                          "embed_dim": "-", "tags": []})
+            continue
+        params[name] = count_params_closed_form(cfg)
+        im, tx = cfg.image, cfg.text
+        archs.append({
+            "arch": name, "params": _human(params[name]),
+            "image": f"{im.width}x{im.depth} /{im.patch_size} {im.image_size}px",
+            "text": f"{tx.width}x{tx.depth} ctx {tx.context_length}",
+            "embed_dim": cfg.embed_dim,
+            "tags": [t for a, t in registry.list_pretrained() if a == name]})
+    tags = []
+    for arch, tag_name in registry.list_pretrained():
+        tag = registry.PRETRAINED[(arch, tag_name)]
+        source = tag.source if "://" in tag.source else f"hf://{tag.source}"
+        tags.append({"arch": arch, "tag": tag_name, "converter": tag.converter, "source": source,
+                     "size": _human(4 * params[arch]) + "B" if arch in params else "-", "cached": is_cached(tag, cache),
+                     "dir": tag_cache_dir(tag, cache)})
+    return archs, tags, cache_dir(cache)
 
 
 def _check_safetensors_size(path: str) -> dict:

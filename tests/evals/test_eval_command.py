@@ -130,8 +130,8 @@ def test_eval_checkpoint_without_evaluators_reruns_the_training_eval(tiny_run, t
     workdir, _, _ = tiny_run
     config = ml_collections.ConfigDict(dict(evals=dict(batch_size=48)))  # names no evaluator
     results = standalone.evaluate_checkpoint(config, workdir, out=str(tmp_path / "ev"))
-    with open(os.path.join(workdir, "eval.json")) as f:
-        at_training = json.load(f)
+    with open(os.path.join(workdir, "eval_results.json")) as f:
+        at_training = json.load(f)["metrics"]
     builtin = {k for k in at_training if k.split("/")[0] in
                ("retrieval", "zeroshot", "probe", "fewshot")}
     assert builtin and set(results) == builtin

@@ -94,14 +94,15 @@ def test_retrieval_grid_marks_the_true_image(tmp_path):
 
 def test_demo_eval_has_few_shot_probes_and_timings(tiny_run):
     workdir = tiny_run[0]
-    with open(os.path.join(workdir, "eval.json")) as f:
-        ev = json.load(f)
+    with open(os.path.join(workdir, "eval_results.json")) as f:
+        saved = json.load(f)
+    ev, timings = saved["metrics"], saved["timings_s"]
     for attr in ("shape", "color"):
         for k in (1, 2):  # the fixture asks for (1, 2) shots
             assert 0.0 <= ev[f"fewshot/{attr}/{k}shot/mean"] <= 1.0
             assert ev[f"fewshot/{attr}/{k}shot/std"] >= 0.0
         assert f"probe/{attr}/accuracy" in ev and f"zeroshot/{attr}/top1" in ev
-    assert ev["timings_s"]["few_shot"] > 0 and ev["timings_s"]["total"] >= ev["timings_s"]["few_shot"]
+    assert timings["few_shot"] > 0 and timings["total"] >= timings["few_shot"]
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         evals = [json.loads(line) for line in f if '"eval"' in line]
     assert evals[-1]["fewshot/shape/1shot/mean"] == ev["fewshot/shape/1shot/mean"]
@@ -110,8 +111,8 @@ def test_demo_eval_has_few_shot_probes_and_timings(tiny_run):
 def test_named_evaluators_run_inside_training(tiny_run):
     """`config.evals.evaluators` ran at the end of training, next to the built-in demo eval."""
     workdir = tiny_run[0]
-    with open(os.path.join(workdir, "eval.json")) as f:
-        ev = json.load(f)
+    with open(os.path.join(workdir, "eval_results.json")) as f:
+        ev = json.load(f)["metrics"]
     # Same split, captions, tokenizer and pixels as the built-in retrieval: identical recalls.
     for k in ("i2t/R@1", "i2t/R@5", "t2i/R@1", "t2i/R@10"):
         assert ev[f"shapes_ret/{k}"] == ev[f"retrieval/{k}"], k

@@ -59,12 +59,12 @@ def test_export_loads_by_path_with_identical_embeddings_and_zeroshot(trained):
                                   np.asarray(mmfm.encode_text(tr.model, train_params, ["a red circle"], tokenizer=tr.tokenizer)))
 
     # Zero-shot and retrieval from the export alone (its mean/std, tokenizer, class names) equal
-    # the numbers the training run wrote to eval.json.
+    # the numbers the training run wrote to eval_results.json.
     m = mmfm.load_eval_model(out, batch_size=config.evals.batch_size)
     assert m.zeroshot == {k: (tuple(n), tuple(t)) for k, (n, t) in meta["zeroshot"].items()}
     mine = evaluate_arrays(m, test, None, m.zeroshot)
-    with open(os.path.join(workdir, "eval.json")) as f:
-        at_training = json.load(f)
+    with open(os.path.join(workdir, "eval_results.json")) as f:
+        at_training = json.load(f)["metrics"]
     keys = [k for k in mine if k.startswith(("zeroshot/", "retrieval/"))]
     assert any(k.startswith("zeroshot/") for k in keys)
     assert {k: mine[k] for k in keys} == {k: at_training[k] for k in keys}
@@ -75,5 +75,6 @@ def test_export_of_non_workdir_is_a_clear_error(tmp_path, capsys):
         export_main(["--workdir", str(tmp_path), "--out", str(tmp_path / "x")])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "no finalised checkpoint" in err and len(err.splitlines()) == 1
+    assert err.startswith("mmfm export: error: ") and "no finalised checkpoint" in err
+    assert len(err.splitlines()) == 1
     assert not os.path.exists(tmp_path / "x")

@@ -16,6 +16,7 @@ import tensorflow_datasets as tfds
 from mmfm.data.builders import jsonl, wds
 from mmfm.data.builders.common import (SUMMARY_FILE, ImageTextBuilder, ImageTextConfig, SkipCounter,
                                        dataset_dir, read_summary)
+from mmfm.data import quiet
 from mmfm.data.tokenizers import train_tokenizer
 
 
@@ -51,7 +52,7 @@ def prepare(fmt: str, *, src: str, name: str, data_dir: str, vocab_size: int = 8
                              **options)
     builder = cls(config=config, data_dir=os.fspath(data_dir))
     try:
-        builder.download_and_prepare()
+        quiet.prepare(builder, f"{fmt} corpus {name!r}")
     except AssertionError as e:  # TFDS refuses to write an empty split
         counts = {s: c.to_dict() for s, c in builder.counters.items()}
         raise ValueError(f"{fmt} dataset {name!r} from {src!r}: a split got no valid records "
