@@ -15,7 +15,7 @@ temperature and the MAE decoder are frozen, so the run stays a usable two-tower 
 The labelled set is the single-object images among the first `data.max_train_examples` training
 images (their shape names the only object). Before the first step the `linear_probe` evaluator fits a
 linear probe on the pretrained, frozen features of the same images (`at_start`); the `head`
-evaluator reports the fine-tuned head's test accuracy, so eval.json compares both protocols of
+evaluator reports the fine-tuned head's test accuracy, so eval_results.json compares both protocols of
 the MAE paper on the same labels. `--config.optim.freeze='("^(img|txt|mae_decoder)/", "^t$")'`
 trains the head only; `--config.data.label=color` fine-tunes on colour.
 """
