@@ -271,6 +271,8 @@ def _prepare_parser():
     p.add_argument("--min-side", type=int, default=1)
     p.add_argument("--max-caption-chars", type=int, default=4096)
     p.add_argument("--vocab-size", type=int, default=8000, help="the dataset's tokenizer")
+    p.add_argument("--overwrite", action="store_true",
+                   help="rebuild NAME even if it exists (needed when --src changed)")
     return p
 
 
@@ -287,11 +289,11 @@ def data_main(argv=None) -> None:
         print(f"error: --test-fraction must be in [0, 1), got {a.test_fraction}", file=sys.stderr)
         sys.exit(2)
     from mmfm.data.builders.corpus import format_summary, prepare
-    summary = prepare(a.format, src=a.src, name=a.name, data_dir=a.data_dir,
-                      vocab_size=a.vocab_size, image_root=a.image_root,
-                      test_fraction=a.test_fraction, max_pixels=a.max_pixels,
-                      min_side=a.min_side, max_caption_chars=a.max_caption_chars)
-    print(format_summary(summary))
+    summary = _usage_errors(lambda: prepare(
+        a.format, src=a.src, name=a.name, data_dir=a.data_dir, vocab_size=a.vocab_size,
+        overwrite=a.overwrite, image_root=a.image_root, test_fraction=a.test_fraction,
+        max_pixels=a.max_pixels, min_side=a.min_side, max_caption_chars=a.max_caption_chars))
+    print(format_summary(summary, data_dir=a.data_dir))
     print(f"train with: --config.data.name={a.format} --config.data.dataset={a.name} "
           f"--config.data.dir={a.data_dir}")
 
