@@ -108,12 +108,15 @@ def train_main(argv=None) -> None:
             raise app.UsageError("--config and --workdir are required")
         from mmfm.checkpoint import CheckpointSaveError
         from mmfm.evals.runner import train_and_evaluate
+        from mmfm.train.resume_config import ResumeConfigError
         from mmfm.train.save_failure import DISK_ERRORS
         try:
             with exit_on_peer_failure():
                 train_and_evaluate(flags_.config, flags_.workdir, max_steps=flags_.max_steps)
         except CheckpointSaveError as e:
             _exit_now(str(e), e.exit_code)
+        except ResumeConfigError as e:  # refused before anything is written: one line
+            _exit_now(f"error: {e}", 2)
         except OSError as e:  # a full disk can hit a log or run file before a checkpoint
             if e.errno not in DISK_ERRORS:
                 raise
