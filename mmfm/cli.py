@@ -281,7 +281,8 @@ def _prepare_parser():
 
 def data_main(argv=None) -> None:
     """`mmfm data prepare --format wds|jsonl --src ... --name NAME --data-dir DIR` (see
-    `mmfm.data.builders.corpus.prepare`); prints the written and skipped counts by reason."""
+    `mmfm.data.builders.corpus.prepare`); prints the written and skipped counts by reason, the
+    first skipped records of each and where all of them are listed."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] != "prepare":
         print("usage: mmfm data prepare --format wds|jsonl --src ... --name NAME --data-dir DIR",

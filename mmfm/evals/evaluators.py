@@ -9,6 +9,10 @@
     }
     (a list of dicts with a "name" key works too)
 
+`dataset` is a catalog name, or for retrieval / zeroshot / mae_pictures any corpus prepared with
+`mmfm data prepare` as `jsonl/NAME` or `wds/NAME` (see `mmfm.evals.datasets`). A split of fewer
+than `SMALL_SPLIT` (100) examples is evaluated with a warning giving its size.
+
 Every evaluator returns `{"<name>/<metric>": float}`. `every`: run every N training steps
 (0 = only at the end of training); standalone `mmfm eval` runs all of them. Unknown types or keys
 raise a ValueError naming `evals.evaluators.<name>.<key>` and the valid keys.
