@@ -1,4 +1,4 @@
-"""Resuming a workdir with a changed config: every change is logged, model/objective changes refused.
+"""Resuming a workdir with a changed config: changes logged, model or objective changes refused.
 
     changes = check_resume(saved_config, config_json, step=4, workdir="runs/demo")
     # logs "resuming runs/demo at step 4 with 2 changed config key(s)" and one line a key:
