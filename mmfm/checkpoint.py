@@ -49,6 +49,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mmfm.train.resume_config import ResumeConfigError, check_resume
 from mmfm.train.save_failure import CheckpointSaveError, QuietSaveFailure, failure_cause
 
 log = logging.getLogger("mmfm")
@@ -308,6 +309,26 @@ def _restore_full(manager, step: int, abstract_state, where: str):
     return out["state"], out["data"]
 
 
+class ResumeRefusedError(CheckpointMismatchError, ResumeConfigError):
+    """A refused config change (model/objective) whose checkpoint does not fit the model either."""
+
+
+def _check_resume_config(manager, step: int, config_json: dict, abstract_state,
+                         workdir: str) -> dict:
+    """Config changes since `step` was saved (logged); a refused change raises, with the first
+    shape mismatch appended when there is one."""
+    try:
+        return check_resume(_restore_json(manager, step)[0], config_json, step=step,
+                            workdir=workdir)
+    except ResumeConfigError as refused:
+        try:
+            check_compatible(_saved_state_tree(manager, step), abstract_state,
+                             where=f"checkpoint {manager.directory}/{step}")
+        except CheckpointMismatchError as shapes:
+            raise ResumeRefusedError(f"{refused} ({shapes})") from None
+        raise
+
+
 def _flat_get(tree, key: str):
     if isinstance(tree, Mapping) and key in tree:
         return tree[key]
@@ -347,6 +368,8 @@ class Checkpointer:
             if hasattr(config, "to_json_best_effort") else dict(config)
         self.preempted = False
         self.stopped_at: Optional[int] = None  # the step saved on preemption
+        self.resumed_step: Optional[int] = None  # set by restore_latest
+        self.config_changes: dict = {}  # {key: (old, new)} against the resumed step's config
         self._last_saved: Optional[int] = None
         self._in_flight: Optional[int] = None  # the step of the async save not yet waited for
         self.failed: Optional[CheckpointSaveError] = None
@@ -363,12 +386,17 @@ class Checkpointer:
         return state, data
 
     def restore_latest(self, abstract_state) -> tuple[Optional[Any], Optional[dict]]:
-        """The newest readable finalised step; unreadable ones are quarantined with a warning."""
+        """The newest readable finalised step; unreadable ones are quarantined with a warning.
+
+        Its saved config is compared with this run's first (`resume_config.check_resume`).
+        """
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
+                changes = _check_resume_config(self.manager, step, self.config_json,
+                                               abstract_state, os.path.dirname(self.root))
                 state, data = _restore_full(self.manager, step, abstract_state,
                                             where=f"checkpoint {self.root}/{step}")
-            except CheckpointMismatchError:
+            except (CheckpointMismatchError, ResumeConfigError):
                 raise
             except Exception as e:  # noqa: BLE001 - any read failure means "corrupted"
                 log.warning("checkpoint step %d in %s is unreadable (%s: %s); falling back to the "
@@ -377,7 +405,7 @@ class Checkpointer:
                 self._quarantine(step)
                 continue
             log.warning("resumed from step %d (%s/%d)", step, self.root, step)
-            self._last_saved = step
+            self._last_saved, self.resumed_step, self.config_changes = step, step, changes
             return state, data
         return None, None
 

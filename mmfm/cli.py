@@ -232,6 +232,7 @@ def train_main(argv=None) -> None:
             raise UsageError("--config and --workdir are required")
         from mmfm.checkpoint import CheckpointSaveError, Interrupted
         from mmfm.evals.runner import train_and_evaluate
+        from mmfm.train.resume_config import ResumeConfigError
         from mmfm.train.save_failure import DISK_ERRORS
         try:
             with exit_on_peer_failure():
@@ -242,6 +243,8 @@ def train_main(argv=None) -> None:
             logging.shutdown()  # the run closed cleanly: an ordinary exit (atexit hooks run)
             print(f"mmfm train: {e}", file=sys.stderr, flush=True)
             sys.exit(INTERRUPT_EXIT)
+        except ResumeConfigError as e:  # refused before anything is written: one line
+            _exit_now(f"mmfm train: error: {e}", USAGE_EXIT)
         except OSError as e:  # a full disk can hit a log or run file before a checkpoint
             if e.errno not in DISK_ERRORS:
                 raise
@@ -519,6 +522,8 @@ def _prepare_parser(sub=None):
                    help="skip records whose caption is longer")
     p.add_argument("--vocab_size", type=int, default=8000,
                    help="size of the dataset's SentencePiece tokenizer")
+    p.add_argument("--overwrite", action="store_true",
+                   help="rebuild NAME even if it exists (needed when --src changed)")
     return p
 
 
@@ -538,9 +543,9 @@ def data_main(argv=None) -> None:
     from mmfm.data.builders.corpus import format_summary, prepare
     summary = _guard("mmfm data prepare", lambda: prepare(
         a.format, src=a.src, name=a.name, data_dir=a.data_dir, vocab_size=a.vocab_size,
-        image_root=a.image_root, test_fraction=a.test_fraction, max_pixels=a.max_pixels,
-        min_side=a.min_side, max_caption_chars=a.max_caption_chars))
-    print(format_summary(summary))
+        overwrite=a.overwrite, image_root=a.image_root, test_fraction=a.test_fraction,
+        max_pixels=a.max_pixels, min_side=a.min_side, max_caption_chars=a.max_caption_chars))
+    print(format_summary(summary, data_dir=a.data_dir))
     print(f"train with: --config.data.name={a.format} --config.data.dataset={a.name} "
           f"--config.data.dir={a.data_dir}")
 

@@ -7,6 +7,11 @@ Catalog datasets are read with `tfds.data_source` (ArrayRecord, random access, n
 prepare them with `tfds.builder(name, data_dir=D, file_format="array_record").download_and_prepare()`.
 `captioned_shapes` is built on demand from the evaluator's own size settings.
 
+Any corpus prepared with `mmfm data prepare` is an evaluation dataset by the name `<format>/<name>`
+(`jsonl/mine`, `wds/cc3m`), read from `data_dir/<format>/<name>/1.0.0`: for retrieval every caption
+of an image counts; for zero-shot the classes are the split's distinct first captions (template
+"{}"), so a corpus captioned with class names ("a photo of a dog") is a zero-shot task as it is.
+
 Class names and prompt templates of catalog datasets live in `mmfm/evals/data/<name>.json`
 (`load_prompts`). Images stay undecoded records until encoding (`ImageSource`), so a 50k-image
 split is never held in memory as pixels.
@@ -23,7 +28,8 @@ import numpy as np
 from mmfm.data.catalog import coco_captions_builder  # TF-free TFDS builder
 
 __all__ = ["CLASSIFICATION", "RETRIEVAL", "ClassificationData", "ImageSource", "RetrievalData",
-           "load_classification", "load_prompts", "load_retrieval", "prompts_path"]
+           "corpus_name", "is_dataset", "load_classification", "load_prompts", "load_retrieval",
+           "prompts_path"]
 
 _DATA = os.path.join(os.path.dirname(__file__), "data")
 # name -> {split alias: TFDS split}. "test" means the split used for reporting.
@@ -39,6 +45,19 @@ RETRIEVAL = {
     "captioned_shapes": {"test": "test", "train": "train"},
 }
 SHAPES_KEYS = ("image_size", "num_train", "num_test", "seed")
+CORPUS_FORMATS = ("jsonl", "wds")
+CORPUS_HINT = "or 'jsonl/NAME' / 'wds/NAME' for a corpus prepared with `mmfm data prepare`"
+
+
+def corpus_name(name: str) -> Optional[tuple[str, str]]:
+    """'jsonl/mine' -> ("jsonl", "mine"); None when `name` is not a prepared-corpus name."""
+    fmt, sep, dataset = str(name).partition("/")
+    return (fmt, dataset) if sep and fmt in CORPUS_FORMATS and dataset else None
+
+
+def is_dataset(name: str, table: dict) -> bool:
+    """A catalog name of `table` or a prepared corpus name."""
+    return name in table or corpus_name(name) is not None
 
 
 @dataclasses.dataclass
@@ -90,8 +109,11 @@ def load_prompts(name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 
 def _split(table: dict, name: str, split: str, kind: str) -> str:
+    if corpus_name(name) is not None:
+        return split  # checked against the prepared splits when opened
     if name not in table:
-        raise ValueError(f"unknown {kind} dataset {name!r}; available: {sorted(table)}")
+        raise ValueError(f"unknown {kind} dataset {name!r}; available: {sorted(table)} "
+                         f"{CORPUS_HINT}")
     if split not in table[name]:
         raise ValueError(f"dataset {name!r} has no split {split!r}; valid: {sorted(table[name])}")
     return table[name][split]
@@ -112,6 +134,36 @@ def _shapes_source(split: str, data_dir: Optional[str], shapes: Optional[dict]):
     if unknown:
         raise ValueError(f"captioned_shapes settings {unknown} unknown; valid: {list(SHAPES_KEYS)}")
     return synthetic.prepare_captioned_shapes(data_dir, **shapes).as_data_source(split=split)
+
+
+def _corpus_source(name: str, split: str, data_dir: Optional[str]):
+    """Records of a prepared corpus split (captions as str)."""
+    from mmfm.data import catalog, sources
+    from mmfm.data.builders.common import read_summary
+
+    fmt, dataset = corpus_name(name)
+    if not data_dir:
+        raise ValueError(f"dataset {name!r} needs data_dir (the evaluator's data_dir or "
+                         f"config.data.dir): where `mmfm data prepare --data-dir` wrote it")
+    builder = sources.open_prepared(fmt, data_dir, dataset)
+    if split not in builder.info.splits:
+        why = read_summary(data_dir, fmt, dataset).get("no_test_split")
+        raise ValueError(f"dataset {name!r} has no split {split!r}"
+                         + (f" ({why})" if why else "")
+                         + f"; valid: {sorted(builder.info.splits)}")
+    return catalog.AdaptedSource(builder.as_data_source(split=split), sources.PreparedRecord())
+
+
+def _corpus_classes(name: str, split: str, data_dir: Optional[str],
+                    max_examples: Optional[int]) -> ClassificationData:
+    """Zero-shot on a corpus: the classes are the split's distinct first captions."""
+    src = _corpus_source(name, split, data_dir)
+    idx = _take(len(src), max_examples)
+    captions = [src[int(i)]["caption"] for i in idx]
+    names = tuple(sorted(set(captions)))
+    index = {c: k for k, c in enumerate(names)}
+    labels = np.array([index[c] for c in captions], np.int32)
+    return ClassificationData(ImageSource(src, idx), labels, names, ("{}",))
 
 
 def _tfds_source(name: str, split: str, tfds_split: str, data_dir: Optional[str]):
@@ -139,6 +191,8 @@ def load_classification(name: str, split: str = "test", *, data_dir: Optional[st
     come from `mmfm.data.synthetic.ZEROSHOT`. `shapes` holds its size settings (image_size, ...).
     """
     tfds_split = _split(CLASSIFICATION, name, split, "classification")
+    if corpus_name(name) is not None:
+        return _corpus_classes(name, split, data_dir, max_examples)
     if name == "captioned_shapes":
         from mmfm.data.synthetic import ZEROSHOT
 
@@ -173,7 +227,9 @@ def load_retrieval(name: str, split: str = "test", *, data_dir: Optional[str] = 
                    caption_fn: Optional[Callable[[dict], list[str]]] = None) -> RetrievalData:
     """Images with one or more captions each (COCO: `captions/text`; captioned_shapes: `caption`)."""
     tfds_split = _split(RETRIEVAL, name, split, "retrieval")
-    if name == "captioned_shapes":
+    if corpus_name(name) is not None:
+        src = _corpus_source(name, split, data_dir)
+    elif name == "captioned_shapes":
         src = _shapes_source(tfds_split, data_dir, shapes)
     else:
         src = _tfds_source(name, split, tfds_split, data_dir)
@@ -183,6 +239,8 @@ def load_retrieval(name: str, split: str = "test", *, data_dir: Optional[str] = 
         record = src[int(i)]
         if caption_fn is not None:
             texts = caption_fn(record)
+        elif "captions" in record and isinstance(record["captions"], list):  # prepared corpus
+            texts = list(record["captions"])
         elif "captions" in record:
             texts = _texts(record["captions"]["text"])
         else:

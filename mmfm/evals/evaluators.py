@@ -10,6 +10,10 @@
     }
     (a list of dicts with a "name" key works too)
 
+`dataset` is a catalog name, or for retrieval / zeroshot / mae_pictures any corpus prepared with
+`mmfm data prepare` as `jsonl/NAME` or `wds/NAME` (see `mmfm.evals.datasets`). A split of fewer
+than `SMALL_SPLIT` (100) examples is evaluated with a warning giving its size.
+
 Every evaluator returns `{"<name>/<metric>": float}`. `every`: run every N training steps
 (0 = only at the end of training); `at_start=True` also runs it before the first step (the
 baseline of a fine-tune: a linear probe of the pretrained features); standalone `mmfm eval` runs
@@ -18,6 +22,7 @@ raise a ValueError naming `evals.evaluators.<name>.<key>` and the valid keys.
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Mapping, Optional
 
@@ -31,7 +36,20 @@ from mmfm.evals.model_io import EvalModel
 from mmfm.evals.retrieval import retrieval_metrics
 from mmfm.evals.zeroshot import class_embeddings, zeroshot_accuracy
 
-__all__ = ["Evaluator", "EvalModel", "TYPES", "build_evaluators", "evaluator_configs"]
+__all__ = ["Evaluator", "EvalModel", "SMALL_SPLIT", "TYPES", "build_evaluators",
+           "evaluator_configs", "warn_if_small"]
+
+log = logging.getLogger("mmfm")
+SMALL_SPLIT = 100  # fewer eval examples than this: the metrics are mostly noise, say so
+_warned: set = set()
+
+
+def warn_if_small(what: str, n: int) -> None:
+    """Logs (once per `what` and size) that an eval split of `n` < SMALL_SPLIT examples is noisy."""
+    if n < SMALL_SPLIT and (what, n) not in _warned:
+        _warned.add((what, n))
+        log.warning("%s: only %d example(s) (under %d): its metrics are noise, not a measurement",
+                    what, n, SMALL_SPLIT)
 
 # Keys every evaluator accepts; `dataset` is required.
 _COMMON = {"type": None, "name": None, "dataset": None, "split": "test", "every": 0,
@@ -86,9 +104,13 @@ def evaluator_configs(evals_cfg) -> list[dict]:
         if not c.get("dataset"):
             raise ValueError(f"{where}.dataset is required")
         table = ds.RETRIEVAL if kind == "retrieval" else ds.CLASSIFICATION
-        if kind != "mae_pictures" and c["dataset"] not in table:
+        # Prepared corpora (jsonl/NAME, wds/NAME) have captions, not labels: probes need labels.
+        corpus_ok = kind in ("retrieval", "zeroshot", "mae_pictures")
+        if kind != "mae_pictures" and not (c["dataset"] in table or (
+                corpus_ok and ds.corpus_name(c["dataset"]) is not None)):
+            hint = f" {ds.CORPUS_HINT}" if corpus_ok else ""
             raise ValueError(f"{where}.dataset: {c['dataset']!r} is not a {kind} dataset; valid: "
-                             f"{sorted(table)}")
+                             f"{sorted(table)}{hint}")
         if int(c.get("every", 0) or 0) < 0:
             raise ValueError(f"{where}.every must be >= 0, got {c['every']}")
         out.append({**valid, **c})
@@ -119,6 +141,8 @@ class Evaluator:
             data = ds.load_classification(c["dataset"], split, data_dir=self.data_dir,
                                           max_examples=max_examples, label_key=c.get("label_key"),
                                           shapes=self.shapes)
+            warn_if_small(f"evals.evaluators.{self.name}: {c['dataset']} split {split!r}",
+                          len(data.images))
             m.cache[key] = (data, m.encode_image_source(data.images))
         return m.cache[key]
 
@@ -140,6 +164,8 @@ class Evaluator:
         c = self.cfg
         data = ds.load_retrieval(c["dataset"], c["split"], data_dir=self.data_dir,
                                  max_examples=c["max_examples"], shapes=self.shapes)
+        warn_if_small(f"evals.evaluators.{self.name}: {c['dataset']} split {c['split']!r}",
+                      len(data.images))
         img = m.encode_image_source(data.images)
         txt = m.encode_texts(data.captions)
         # Query blocks over this process's devices (embeddings are host-local); exact ranks.

@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from mmfm.evals.encoders import MeshEncoder
+from mmfm.evals.evaluators import warn_if_small
 from mmfm.evals.linear_probe import few_shot_probe, linear_probe
 from mmfm.evals.model_io import EvalModel
 from mmfm.evals.retrieval import retrieval_metrics
@@ -39,6 +40,7 @@ def evaluate_arrays(m: EvalModel, test: dict, probe_train: dict | None, zeroshot
     """
     timings = {} if timings is None else timings
     results: dict[str, float] = {}
+    warn_if_small("eval split of the training data", len(test["image"]))
     t0 = time.perf_counter()
     img = m.encode_pixels(test["image"])
     txt = m.encode_tokens(test["tokens"])

@@ -131,7 +131,11 @@ def train(config, workdir: str, *, max_steps: Optional[int] = None,
     is_main = jax.process_index() == 0
     ckpt = checkpoint.Checkpointer(workdir, config, tr)
     # This workdir's latest readable step, else config.resume_from, else a fresh state.
-    state, data_state = ckpt.restore(tr.abstract_state(), init_fn=tr.init_state)
+    try:
+        state, data_state = ckpt.restore(tr.abstract_state(), init_fn=tr.init_state)
+    except BaseException:  # e.g. a refused config change: give the signal handlers back
+        ckpt.release()
+        raise
     it = iter(tr.train_loader)
     if state is None:
         state = tr.init_state()
@@ -139,7 +143,7 @@ def train(config, workdir: str, *, max_steps: Optional[int] = None,
     start = int(state.step)
     writer = MetricsWriter(workdir, enabled=is_main, total_steps=config.total_steps, resume_step=start)
     if is_main:
-        _write_run_info(workdir, config, tr)
+        _write_run_info(workdir, config, tr, ckpt)
     last = max_steps if max_steps is not None else config.total_steps
     results: dict = {}
     clock = StepClock(start)  # post-compile step times: the throughput and the ETA
@@ -181,10 +185,12 @@ def train(config, workdir: str, *, max_steps: Optional[int] = None,
     return results
 
 
-def _write_run_info(workdir: str, config, tr: Trainer) -> None:
+def _write_run_info(workdir: str, config, tr: Trainer, ckpt) -> None:
+    """run_info.json: the current config, sizes, and each resume's config changes."""
+    from mmfm.train.resume_config import record_resume
+
     n_params = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(tr.abstract_state().params))
     info = {"config": json.loads(config.to_json_best_effort()), "num_params": n_params,
             "mesh": dict(tr.mesh.shape), "devices": jax.device_count(), "processes": jax.process_count()}
-    with open(os.path.join(workdir, "run_info.json"), "w") as f:
-        json.dump(info, f, indent=1)
+    record_resume(workdir, info, step=ckpt.resumed_step, changes=ckpt.config_changes)
     log.info("model: %d params; mesh %s", n_params, dict(tr.mesh.shape))

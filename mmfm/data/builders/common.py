@@ -9,8 +9,11 @@ counted under `converted/<mode>`; the rest raise `RecordError(reason)` and are s
                                    "converted": {"converted/CMYK": 2}}
 
 The prepared dataset lives in `data_dir/<format>/<name>/1.0.0/` (ArrayRecord, no TensorFlow), with
-`prepare_summary.json` beside it. Records go to `test` when a hash of their key falls under
-`test_fraction`, so the split is stable however the shards are ordered.
+`prepare_summary.json` and `skipped.jsonl` (every skipped record: split, reason, where, detail)
+beside it. Records go to `test` when a hash of their key falls under `test_fraction`, so the split
+is stable however the shards are ordered. A corpus too small for any key to fall under it still
+gets a test record (the usable one of lowest hash, `test_fallback` in the summary) when it has two
+or more usable records; with fewer, `prepare` writes no test split and says so (`no_test_split`).
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import json
 import os
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -38,7 +41,9 @@ REASONS = (
 CONVERTED_PREFIX = "converted/"
 SUMMARY_FILE = "prepare_summary.json"
 VERSION = "1.0.0"
+SKIPPED_FILE = "skipped.jsonl"
 MAX_TOKENIZER_CAPTIONS = 200_000
+SKIP_EXAMPLES = 3  # skipped records named per reason in the summary (all are in SKIPPED_FILE)
 
 
 class RecordError(ValueError):
@@ -52,21 +57,38 @@ class RecordError(ValueError):
 
 
 class SkipCounter:
-    """Written/skipped/converted counts of one split."""
+    """Written/skipped/converted counts of one split, plus where the first skips of each reason
+    were; `log(reason, where, detail)` (optional) sees every skip."""
 
-    def __init__(self):
+    def __init__(self, log: Callable[[str, str, str], None] | None = None):
         self.written = 0
         self.skipped: collections.Counter = collections.Counter()
         self.converted: collections.Counter = collections.Counter()
+        self.examples: dict[str, list[str]] = {}
+        self.log = log
 
-    def skip(self, reason: str) -> None:
+    def skip(self, reason: str, where: str = "", detail: str = "") -> None:
         if reason not in REASONS:
             raise ValueError(f"unknown skip reason {reason!r}; valid: {REASONS}")
         self.skipped[reason] += 1
+        seen = self.examples.setdefault(reason, [])
+        if where and len(seen) < SKIP_EXAMPLES:
+            seen.append(where)
+        if self.log is not None:
+            self.log(reason, where, detail)
+
+    def update(self, other: "SkipCounter") -> None:
+        self.written += other.written
+        self.skipped.update(other.skipped)
+        self.converted.update(other.converted)
+        for reason, where in other.examples.items():
+            mine = self.examples.setdefault(reason, [])
+            mine.extend(where[:SKIP_EXAMPLES - len(mine)])
 
     def to_dict(self) -> dict[str, Any]:
         return {"written": self.written, "skipped": dict(sorted(self.skipped.items())),
-                "converted": dict(sorted(self.converted.items()))}
+                "converted": dict(sorted(self.converted.items())),
+                "examples": dict(sorted(self.examples.items()))}
 
 
 # ----------------------------------------------------------------------------- validation
@@ -173,11 +195,14 @@ class ImageTextConfig(tfds.core.BuilderConfig):
 
 @dataclasses.dataclass
 class RawRecord:
-    """What a format reader yields: a unique key plus raw fields, or the reason it is unusable."""
+    """What a format reader yields: a unique key plus raw fields, or the reason it is unusable.
+
+    `where` names the record for a person (`pairs.jsonl:12 images/a.jpg`, `shard.tar:key`)."""
     key: str
     image: bytes | None = None
     captions: tuple[Any, ...] = ()
     error: str | None = None
+    where: str = ""
 
 
 class ImageTextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -195,6 +220,11 @@ class ImageTextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         kwargs.setdefault("file_format", "array_record")
         self.counters: dict[str, SkipCounter] = {}
         self.caption_sample: list[str] = []  # train captions for the dataset's tokenizer
+        self.skip_log: Callable[[str, str, str, str], None] | None = None  # (split, reason, ...)
+        self.test_fallback: dict | None = None  # {key, where} moved to test in a tiny corpus
+        self.no_test_reason: str | None = None  # why a tiny corpus can have no test split
+        self.usable = 0  # usable records outside the test hash range (set by the fallback)
+        self.fallback_skips = SkipCounter()  # what the fallback pass skipped (for errors)
         super().__init__(config=config, **kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -213,31 +243,78 @@ class ImageTextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _split_generators(self, dl_manager):
         del dl_manager  # local files only
-        splits = {"train": self._generate_examples("train")}
-        if self.builder_config.test_fraction > 0:
+        splits = {}
+        if self.builder_config.test_fraction > 0:  # first: a tiny corpus may need a fallback
             splits["test"] = self._generate_examples("test")
+        splits["train"] = self._generate_examples("train")
         return splits
+
+    def _counter(self, split: str) -> SkipCounter:
+        if split not in self.counters:
+            log = None
+            if self.skip_log is not None:
+                log = lambda reason, where, detail: self.skip_log(split, reason, where, detail)
+            self.counters[split] = SkipCounter(log)
+        return self.counters[split]
+
+    def _in_test(self, key: str) -> bool:
+        return in_test_split(key, self.builder_config.test_fraction) or (
+            self.test_fallback is not None and key == self.test_fallback["key"])
 
     def _generate_examples(self, split: str):
         cfg = self.builder_config
-        counter = self.counters.setdefault(split, SkipCounter())
+        counter = self._counter(split)
         # Source-level problems (truncated shards, bad json lines) count in the train pass only.
         source_counter = counter if split == "train" else SkipCounter()
         for raw in self.iter_raw(cfg, source_counter):
-            if (split == "test") != in_test_split(raw.key, cfg.test_fraction):
+            if (split == "test") != self._in_test(raw.key):
                 continue
             if raw.error is not None:
-                counter.skip(raw.error)
+                counter.skip(raw.error, raw.where or raw.key)
                 continue
             try:
                 example = self._validate(raw, cfg, counter)
             except RecordError as e:
-                counter.skip(e.reason)
+                counter.skip(e.reason, raw.where or raw.key, str(e))
                 continue
             counter.written += 1
             if split == "train" and len(self.caption_sample) < MAX_TOKENIZER_CAPTIONS:
                 self.caption_sample.extend(example["captions"])
             yield raw.key, example
+        if split == "test" and counter.written == 0:
+            fallback = self._fallback_test_record(cfg, counter)
+            if fallback is not None:
+                counter.written += 1
+                yield fallback["key"], fallback
+
+    def _fallback_test_record(self, cfg: ImageTextConfig, counter: SkipCounter):
+        """No key hashed into test: the usable record of lowest key hash becomes the test split,
+        if another usable one is left for train; else `no_test_reason` is set and None returned.
+
+        One more pass over the source, which only a tiny (or almost all broken) corpus takes.
+        """
+        best, usable, scratch = None, 0, self.fallback_skips
+        for raw in self.iter_raw(cfg, scratch):
+            if in_test_split(raw.key, cfg.test_fraction):
+                continue
+            if raw.error is not None:
+                scratch.skip(raw.error)
+                continue
+            try:
+                self._validate(raw, cfg, SkipCounter())
+            except RecordError as e:
+                scratch.skip(e.reason)
+                continue
+            usable += 1
+            rank = zlib.crc32(raw.key.encode("utf-8", "surrogatepass"))
+            if best is None or rank < best[0]:
+                best = (rank, raw)
+        if usable < 2:
+            self.no_test_reason = f"only {usable} usable record(s): none to spare for a test split"
+            self.usable = usable
+            return None
+        self.test_fallback = {"key": best[1].key, "where": best[1].where}
+        return self._validate(best[1], cfg, counter)
 
     @staticmethod
     def _validate(raw: RawRecord, cfg: ImageTextConfig, counter: SkipCounter) -> dict[str, Any]:

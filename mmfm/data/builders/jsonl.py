@@ -25,21 +25,23 @@ def _resolve(root: str, relative: str) -> str | None:
     return path if path.startswith(root + os.sep) else None
 
 
-def parse_line(line: bytes, lineno: int, root: str) -> RawRecord:
-    key = f"line{lineno:09d}"
+def parse_line(line: bytes, lineno: int, root: str, name: str = "") -> RawRecord:
+    """One line (0-based `lineno`) of jsonl file `name`; `where` is `name:LINE image` (1-based)."""
+    key, where = f"line{lineno:09d}", f"{name}:{lineno + 1}"
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError:  # raw non-UTF-8 bytes, almost always inside the caption
-        return RawRecord(key, error="non_utf8_caption")
+        return RawRecord(key, error="non_utf8_caption", where=where)
     try:
         obj = json.loads(text)
     except ValueError:
-        return RawRecord(key, error="bad_json")
+        return RawRecord(key, error="bad_json", where=where)
     if not isinstance(obj, dict):
-        return RawRecord(key, error="bad_json")
+        return RawRecord(key, error="bad_json", where=where)
     relative = obj.get("image")
     if not isinstance(relative, str) or not relative:
-        return RawRecord(key, error="missing_image")
+        return RawRecord(key, error="missing_image", where=where)
+    where = f"{where} {relative}"
     if "captions" in obj:
         captions = obj["captions"]
         captions = tuple(captions) if isinstance(captions, list) else (captions,)
@@ -47,11 +49,11 @@ def parse_line(line: bytes, lineno: int, root: str) -> RawRecord:
         captions = (obj["caption"],) if obj.get("caption") is not None else ()
     path = _resolve(root, relative)
     if path is None:
-        return RawRecord(key, error="unsafe_path")
+        return RawRecord(key, error="unsafe_path", where=where)
     if not os.path.isfile(path):
-        return RawRecord(key, error="missing_file")
+        return RawRecord(key, error="missing_file", where=where)
     with open(path, "rb") as f:
-        return RawRecord(key, image=f.read(), captions=captions)
+        return RawRecord(key, image=f.read(), captions=captions, where=where)
 
 
 def iter_jsonl(src: str, image_root: str = "") -> Iterator[RawRecord]:
@@ -63,7 +65,7 @@ def iter_jsonl(src: str, image_root: str = "") -> Iterator[RawRecord]:
     with open(src, "rb") as f:
         for lineno, line in enumerate(f):
             if line.strip():
-                yield parse_line(line.strip(), lineno, root)
+                yield parse_line(line.strip(), lineno, root, os.path.basename(src))
 
 
 class JsonlImageText(ImageTextBuilder):

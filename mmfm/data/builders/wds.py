@@ -88,7 +88,7 @@ def iter_shard(path: str, counter: SkipCounter,
     try:
         tar = tarfile.open(path, mode="r|*")  # a stream: never seeks, never extracts
     except (OSError, tarfile.TarError, EOFError, zlib.error):
-        counter.skip("unreadable_shard")
+        counter.skip("unreadable_shard", path)
         return
     shard = os.path.basename(path)
     key, group = None, {}
@@ -97,7 +97,7 @@ def iter_shard(path: str, counter: SkipCounter,
             if not member.isfile():
                 continue
             if is_unsafe_member(member.name):
-                counter.skip("unsafe_path")
+                counter.skip("unsafe_path", f"{path}:{member.name}")
                 continue
             folder, base = posixpath.split(member.name)
             stem, _, ext = base.partition(".")
@@ -105,7 +105,7 @@ def iter_shard(path: str, counter: SkipCounter,
             if ext not in WANTED_EXTS:
                 continue
             if member.size > max_member_bytes:
-                counter.skip("member_too_large")
+                counter.skip("member_too_large", f"{path}:{member.name}")
                 continue
             member_key = f"{shard}/{posixpath.join(folder, stem)}"
             if member_key != key:  # the previous group is complete: hand it out before reading on
@@ -114,7 +114,8 @@ def iter_shard(path: str, counter: SkipCounter,
                 key, group = member_key, {}
             group[ext] = tar.extractfile(member).read()
     except (OSError, tarfile.TarError, EOFError, zlib.error):
-        counter.skip("truncated_shard")  # the group being read may be incomplete: drop it
+        # the group being read may be incomplete: drop it
+        counter.skip("truncated_shard", f"{path} (after {key})" if key else path)
         return
     finally:
         tar.close()
@@ -122,7 +123,7 @@ def iter_shard(path: str, counter: SkipCounter,
         yield key, group
 
 
-def group_to_record(key: str, group: dict[str, bytes]) -> RawRecord:
+def group_to_record(key: str, group: dict[str, bytes], where: str = "") -> RawRecord:
     image = next((group[e] for e in IMAGE_EXTS if e in group), None)
     captions = (group["txt"],) if "txt" in group else ()
     if not captions and "json" in group:
@@ -133,8 +134,8 @@ def group_to_record(key: str, group: dict[str, bytes]) -> RawRecord:
         except (ValueError, UnicodeDecodeError):
             pass  # metadata is optional: a bad .json only matters when it is the caption source
     if image is None:
-        return RawRecord(key, error="missing_image")
-    return RawRecord(key, image=image, captions=captions)
+        return RawRecord(key, error="missing_image", where=where)
+    return RawRecord(key, image=image, captions=captions, where=where)
 
 
 def iter_wds(src: str, counter: SkipCounter, max_member_bytes: int) -> Iterator[RawRecord]:
@@ -145,7 +146,8 @@ def iter_wds(src: str, counter: SkipCounter, max_member_bytes: int) -> Iterator[
                                 f"not exist, e.g. {missing[:3]}")
     for shard in shards:
         for key, group in iter_shard(shard, counter, max_member_bytes):
-            yield group_to_record(key, group)
+            # key = "<shard name>/<member stem>": name the shard by its full path for a person
+            yield group_to_record(key, group, os.path.join(os.path.dirname(shard), key))
 
 
 class WdsImageText(ImageTextBuilder):
