@@ -82,7 +82,7 @@ def test_cli_refusal_is_one_line_exit_2(run):
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 2, res.stderr[-2000:]
     last = res.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and "loss.mlm_weight: 0.5 -> 0.1" in last
+    assert last.startswith("mmfm train: error: ") and "loss.mlm_weight: 0.5 -> 0.1" in last
     assert "Traceback" not in res.stderr
 
 
