@@ -49,8 +49,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.resume_from = ""
     c.resume_mode = "full"
     c.resume_dont_load = ()
-    c.evals = dict(probe_train_examples=4_000, batch_size=256,
-                   evaluators={})  # named evaluators (mmfm/evals/evaluators.py)
+    # The built-in eval of the training data (retrieval, zero-shot, probes; few_shot=() skips the
+    # few-shot probes) and named evaluators (mmfm/evals/evaluators.py).
+    c.evals = dict(probe_train_examples=4_000, batch_size=256, few_shot=(1, 5, 10),
+                   few_shot_seeds=(0, 1, 2), evaluators={})
     return c
 
 
