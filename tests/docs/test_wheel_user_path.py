@@ -69,8 +69,9 @@ def test_wheel_trains_a_copied_recipe_from_anywhere(tmp_path):
     assert any(name.endswith(".json") for name in os.listdir(user / "ev")), os.listdir(user / "ev")
     _run([mmfm, "export", "--workdir", "run", "--out", "exp"], user, env)
     probe = _run([py, "-c", """
-import sys, numpy as np, mmfm
-assert "site-packages" in mmfm.__file__ and not any(p.startswith(sys.argv[1]) for p in sys.path)
+import os, sys, numpy as np, mmfm
+assert "site-packages" in mmfm.__file__, mmfm.__file__
+assert sys.argv[1] not in [os.path.realpath(p or ".") for p in sys.path], sys.path  # no checkout
 print(mmfm.__file__)
 model, params, _, preprocess = mmfm.create_model_and_transforms("exp")
 tok = mmfm.get_tokenizer("exp")
