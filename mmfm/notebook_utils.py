@@ -161,6 +161,9 @@ def demo_assets(*, data_dir: Optional[str] = None, overrides: Optional[dict] = N
     if overrides is None and os.path.isfile(os.path.join(made_demo, "eval_results.json")):
         workdir = made_demo
         config = _run_config(workdir)
+        data = str(config.data.dir)
+        if "://" not in data and not os.path.isabs(data):  # a run from before paths were stored
+            config.data.dir = os.path.join(root, data)     # absolute: `make demo` ran in the root
         export_dir = os.path.join(workspace(), "demo-export")
     else:
         data_dir = data_dir or workspace("data")
@@ -239,6 +242,18 @@ def sharding_table(tree) -> list[tuple[str, tuple, str, tuple]]:
                      tuple(x.shape), str(spec), tuple(x.sharding.shard_shape(tuple(x.shape)))))
     return rows
 
+
+def shard_layout(x) -> list[tuple[tuple[tuple[int, int], ...], list[int]]]:
+    """Which devices hold which block of array `x`: [(((start, stop) per dim), [device ids])].
+
+    Devices holding the same block (replicas along unused mesh axes) are listed together, in id
+    order; blocks are sorted by position.
+    """
+    blocks: dict[tuple, list[int]] = {}
+    for device, index in x.sharding.devices_indices_map(tuple(x.shape)).items():
+        key = tuple(s.indices(n)[:2] for s, n in zip(index, x.shape))
+        blocks.setdefault(key, []).append(device.id)
+    return [(k, sorted(v)) for k, v in sorted(blocks.items())]
 
 
 def profile_steps(config, logdir: str, *, steps: int = 5, warmup: int = 2) -> float:
