@@ -81,13 +81,22 @@ def markdown_commands(path: str) -> list[Command]:
 def section(path: str, heading: str) -> str:
     """The text of the markdown section titled `heading` (up to the next heading of its level)."""
     with open(path) as f:
-        text = f.read()
-    m = re.search(rf"^(#+) {re.escape(heading)}[ \t]*$", text, re.M)
-    if m is None:
+        lines = f.read().splitlines(keepends=True)
+    level, out, fenced = None, [], False
+    for line in lines:
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        m = None if fenced else re.match(r"^(#+) (.*?)\s*$", line)
+        if level is None:
+            if m and m.group(2) == heading:
+                level = len(m.group(1))
+            continue
+        if m and len(m.group(1)) <= level:  # `# comment` lines inside code blocks are not headings
+            break
+        out.append(line)
+    if level is None:
         raise AssertionError(f"{os.path.relpath(path, ROOT)} has no section {heading!r}")
-    rest = text[m.end():]
-    end = re.search(rf"^#{{1,{len(m.group(1))}}} ", rest, re.M)
-    return rest[:end.start()] if end else rest
+    return "".join(out)
 
 
 def code_blocks(text: str) -> list[tuple[str, str]]:
