@@ -1,7 +1,7 @@
 """Shared defaults for every experiment config; each config overrides a few fields.
 
-`finalize(config, arg)` applies the `tiny` override (a seconds-long CPU job with the same code
-paths) and locks the config, so a typo in `--config.x=y` fails listing the valid keys.
+`finalize(config, arg)` applies the `tiny` override (a CPU job of one to two minutes with the same
+code paths) and locks the config, so a typo in `--config.x=y` fails listing the valid keys.
 """
 import ml_collections
 
@@ -70,7 +70,7 @@ def mesh_preset(name: str, tensor: int = 2) -> dict:
 
 
 def apply_tiny(c: ml_collections.ConfigDict) -> None:
-    """Seconds on CPU: the mu model, tiny data, a few steps; same code paths as the full run."""
+    """One to two minutes on CPU: the mu model, tiny data, 4 steps; same code paths as the full run."""
     c.data.image_size = 32
     c.data.num_train = 256
     c.data.num_test = 64

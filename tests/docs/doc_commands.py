@@ -5,6 +5,7 @@ A command is checked by what it runs:
                                       `--config.a.b=v` names a key of the locked config, every other
                                       flag is one the trainer defines, data.name is registered
   mmfm <command> ...                  the command exists; flags appear in its `--help`
+  mmfm recipes copy NAME DEST         NAME is a recipe; a later `--config DEST` is checked as it
   python <script>.py ...              the script exists; flags appear in its `--help`
   make <target>                       the Makefile has the target
   any repo path (experiments/..., benchmarks/..., notebooks/..., mmfm/...) exists
@@ -77,6 +78,39 @@ def markdown_commands(path: str) -> list[Command]:
     return cmds
 
 
+def section(path: str, heading: str) -> str:
+    """The text of the markdown section titled `heading` (up to the next heading of its level)."""
+    with open(path) as f:
+        lines = f.read().splitlines(keepends=True)
+    level, out, fenced = None, [], False
+    for line in lines:
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        m = None if fenced else re.match(r"^(#+) (.*?)\s*$", line)
+        if level is None:
+            if m and m.group(2) == heading:
+                level = len(m.group(1))
+            continue
+        if m and len(m.group(1)) <= level:  # `# comment` lines inside code blocks are not headings
+            break
+        out.append(line)
+    if level is None:
+        raise AssertionError(f"{os.path.relpath(path, ROOT)} has no section {heading!r}")
+    return "".join(out)
+
+
+def code_blocks(text: str) -> list[tuple[str, str]]:
+    """(language, body) of every fenced code block of markdown `text`, in order."""
+    return [(lang, body) for lang, body in re.findall(r"^```(\w*)\n(.*?)^```", text, re.M | re.S)]
+
+
+def block_commands(body: str) -> list[str]:
+    """The commands of one shell code block (continuations joined, comments and `$ ` dropped)."""
+    lines = [(i, re.sub(r"^\s*\$ ", "", line)) for i, line in enumerate(body.splitlines())]
+    cmds = [t.strip() for _, t in _join_continuations(lines)]
+    return [c for c in cmds if c and not c.startswith("#")]
+
+
 def docstring_commands(path: str) -> list[Command]:
     """Command lines (python/mmfm/make ...) in a module docstring, continuations joined."""
     rel = os.path.relpath(path, ROOT)
@@ -103,6 +137,25 @@ def all_commands() -> list[Command]:
     for path in config_files():
         cmds += docstring_commands(path)
     return cmds
+
+
+@functools.lru_cache(maxsize=None)
+def copied_recipes() -> dict[str, str]:
+    """{DEST: recipe file} for every `mmfm recipes copy NAME [DEST]` in the docs, so a later
+    `mmfm train --config DEST` is checked against the recipe it copies."""
+    from mmfm import recipes
+
+    out = {}
+    for cmd in all_commands():
+        for seg in _segments(cmd.text):
+            args = [a for a in seg[1:] if not a.startswith("-")]
+            if os.path.basename(seg[0]) == "mmfm" and args[:2] == ["recipes", "copy"] and args[2:]:
+                try:
+                    src = recipes.recipe_path(args[2])
+                except ValueError:
+                    continue  # reported by check_segment
+                out[args[3] if args[3:] else os.path.basename(src)] = src
+    return out
 
 
 # ----------------------------------------------------------------------------- checking
@@ -174,9 +227,12 @@ def check_train(tokens: list[str], module: str = "mmfm.train",
     spec = _config_value(tokens)
     if spec is None:
         return ["train command without --config"]
-    path = spec.partition(":")[0]
+    path, colon, arg = spec.partition(":")
     if not os.path.isfile(os.path.join(ROOT, path)):
-        return [f"config file {path} does not exist"]
+        if path not in copied_recipes():
+            return [f"config file {path} does not exist (nor is it the DEST of a documented "
+                    f"`mmfm recipes copy NAME DEST`)"]
+        spec = copied_recipes()[path] + colon + arg
     try:
         config = _load(spec)
     except Exception as e:  # noqa: BLE001 - reported as a doc error
@@ -220,7 +276,7 @@ def check_segment(tokens: list[str]) -> list[str]:
         if args[:1] == ["-m"] and args[1].startswith("mmfm.") and _config_value(args) is not None:
             errors += check_train(args[2:], args[1])
         elif args[:1] == ["-m"]:
-            if not args[1].startswith(("mmfm", "pytest", "pip", "venv", "jupyter")):
+            if not args[1].startswith(("mmfm", "pytest", "pip", "venv", "jupyter", "build")):
                 errors.append(f"python -m {args[1]}: unexpected module")
         elif args and args[0].endswith(".py") and os.path.isfile(os.path.join(ROOT, args[0])):
             known = _help_flags((args[0], "--help"))
@@ -232,6 +288,13 @@ def check_segment(tokens: list[str]) -> list[str]:
         elif args[0] == "train":
             errors += check_train(args[1:])
         else:
+            names = [a for a in args if not a.startswith("-")]
+            if names[:2] == ["recipes", "copy"] and names[2:]:
+                from mmfm import recipes
+                try:
+                    recipes.recipe_path(names[2])
+                except ValueError as e:
+                    errors.append(f"mmfm recipes copy: {e}")
             sub = [a for a in args if not a.startswith("-")][:2]
             sub = sub[:1] if args[0] in ("eval", "export", "convert") else sub
             known = _help_flags(("-c", "from mmfm.cli import main; main()", *sub, "--help"))

@@ -36,7 +36,7 @@ def test_tiny_config_runs_one_step(path, data_dir, tmp_path):
 
     config = load_config(f"{path}:tiny", {"data.dir": data_dir})
     full = load_config(path)
-    assert config.batch_size <= 64 and config.total_steps <= 10, "tiny must be a seconds-long job"
+    assert config.batch_size <= 64 and config.total_steps <= 10, "tiny must stay a minute-long job"
     assert full.batch_size >= config.batch_size
     tr = Trainer(config, str(tmp_path))
     state = tr.init_state()

@@ -35,6 +35,9 @@ def test_every_command_names_existing_configs_flags_and_keys():
     ("mmfm export --workdir w --output o", "--output"),
     ("mmfm frobnicate", "not a command"),
     ("make deploy", "no such target"),
+    ("mmfm recipes copy demoo my.py", "demoo"),
+    ("mmfm train --config never_copied.py:tiny --workdir w", "never_copied.py"),
+    ("mmfm train --config my_demo.py:tiny --workdir w --config.data.nope=1", "nope"),
     ("gcloud compute tpus tpu-vm ssh x --worker=all "
      "--command='cd mmfm && python -m mmfm.train --config experiments/configs/demo.py --bogus=1'",
      "--bogus"),
@@ -52,6 +55,14 @@ def test_checker_rejects_bad_commands(text, expect):
 def test_checker_accepts_a_good_command():
     text = ("MMFM_DISTRIBUTED=auto python -m mmfm.train --config experiments/configs/demo.py:tiny "
             "--workdir /tmp/x --config.data.dir=/tmp/d --config.mesh.shape='(1,-1,1)' --max_steps=2")
+    assert dc.check_command(dc.Command("test", text)) == []
+
+
+def test_a_copied_recipe_is_checked_as_the_recipe():
+    """README copies demo to my_demo.py; `--config my_demo.py` is then checked against demo.py."""
+    assert dc.copied_recipes().get("my_demo.py", "").endswith("demo.py")
+    text = ("mmfm train --config my_demo.py:tiny --workdir w --config.data.name=jsonl "
+            "--config.data.dataset=mine --config.data.dir=prepared")
     assert dc.check_command(dc.Command("test", text)) == []
 
 
