@@ -21,8 +21,9 @@ and the preprocessing (in `meta`). `load_run(path)` is the one read-only way to 
 Preemption: SIGTERM/SIGINT set a flag; the loop saves the step it just finished, waits for the
 write and stops. After SIGTERM (a scheduler's preemption) training returns normally (exit code 0);
 after SIGINT (Ctrl-C) it raises `Interrupted`, a KeyboardInterrupt, so the CLI exits with 130 and
-scripts can tell that the run stopped early. In multi-process runs JAX's preemption service (which owns SIGTERM there) picks
-one sync step for all hosts (`multihost_utils.reached_preemption_sync_point`).
+scripts can tell that the run stopped early. In multi-process runs JAX's preemption service
+(which owns SIGTERM there) picks one sync step for all hosts
+(`multihost_utils.reached_preemption_sync_point`).
 
 A failed save (disk full, permission denied, quota) raises `CheckpointSaveError`, whose message
 is one line naming the step, its path, the cause and the last good checkpoint; the half-written
