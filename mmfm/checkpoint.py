@@ -49,6 +49,7 @@ from typing import Any, Callable, Mapping, Optional
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from flax import traverse_util
 
 from mmfm.train.resume_config import ResumeConfigError, check_resume
 from mmfm.train.save_failure import CheckpointSaveError, QuietSaveFailure, failure_cause
@@ -626,14 +627,7 @@ def _path_dict(tree) -> dict[str, Any]:
 
 
 def _nest(flat: Mapping[str, Any]) -> dict:
-    out: dict = {}
-    for path, leaf in flat.items():
-        node = out
-        *parents, last = path.split("/")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = leaf
-    return out
+    return traverse_util.unflatten_dict(dict(flat), sep="/")
 
 
 def _restore_some_params(manager, step: int, target, fresh, dont_load, where: str):

@@ -17,11 +17,14 @@ from mmfm.train import flops as flops_lib
 from mmfm.train.step import StepConfig, loss_and_metrics, train_step
 
 
-def tiny_setup(**loss):
+def tiny_setup(*, model=None, total_steps=None, **loss):
+    """(step config, state, batch) of the tiny demo config with `loss` (and `model`) overrides."""
     config = demo.get_config("tiny")
     with config.unlocked():
         for k, v in loss.items():
             config.loss[k] = v
+        config.model.update(model or {})
+        config.total_steps = total_steps or config.total_steps
         if config.loss.contrastive == "siglip":
             config.model.init_bias = -10.0
     cfg = model_config(config)
@@ -202,24 +205,11 @@ def test_schedule_warmup_then_cosine_to_end():
 
 def _classify_setup(**loss):
     """The tiny demo model with a 5-class head; the classification term alone unless `loss`."""
-    config = demo.get_config("tiny")
-    with config.unlocked():
-        config.model.num_classes = 5
-        config.total_steps = 30  # the tiny schedule's lr is 0 after its 4 steps
-        config.loss.update(dict(contrastive_weight=0.0, mae_weight=0.0, mlm_weight=0.0,
-                                classify_weight=1.0), **loss)
-    cfg = model_config(config)
-    model = TwoTower(cfg)
-    tx, lr_fn = optim.make_optimizer(config.optim, config.total_steps)
-    sc = StepConfig(model=model, tx=tx, lr_fn=lr_fn, objective=objective_config(config),
-                    mean=tuple(config.preprocess.mean), std=tuple(config.preprocess.std))
-    state = create_state(jax.random.PRNGKey(0), model=model, tx=tx)
-    rng = np.random.default_rng(1)
-    b, s = config.batch_size, cfg.image.image_size
-    batch = {"image": jnp.asarray(rng.integers(0, 256, (b, s, s, 3), np.uint8)),
-             "tokens": jnp.zeros((b, cfg.text.context_length), jnp.int32),
-             "label": jnp.asarray(rng.integers(0, 5, (b,)), jnp.int32)}
-    return sc, state, batch
+    weights = dict(contrastive_weight=0.0, mae_weight=0.0, mlm_weight=0.0, classify_weight=1.0)
+    # 30 steps: the tiny schedule's lr is 0 after its 4 steps
+    sc, state, batch = tiny_setup(model={"num_classes": 5}, total_steps=30, **{**weights, **loss})
+    labels = np.random.default_rng(1).integers(0, 5, (batch["image"].shape[0],))
+    return sc, state, dict(batch, label=jnp.asarray(labels, jnp.int32))
 
 
 def test_classification_loss_is_numpy_cross_entropy():
