@@ -63,7 +63,7 @@ def load_config(spec: str, overrides: Optional[dict] = None):
     full = path if os.path.isabs(path) else os.path.join(root, path)
     if not os.path.isfile(full):
         raise FileNotFoundError(f"config file {path!r} not found (looked in {root})")
-    if root not in sys.path:  # configs import `experiments.configs.common`
+    if root not in sys.path:  # a config may import its neighbours as `experiments.configs.X`
         sys.path.insert(0, root)
     mod_spec = importlib.util.spec_from_file_location(f"_mmfm_config_{abs(hash(full))}", full)
     module = importlib.util.module_from_spec(mod_spec)

@@ -51,18 +51,14 @@ def test_lit_locks_the_image_tower_and_tunes_the_text_tower(tiny_run, tmp_path):
 
 def _finetune_config(pre_dir, data_dir, **overrides):
     from experiments.configs import finetune_shapes
+    from mmfm.notebook_utils import set_dotted
 
     config = finetune_shapes.get_config("tiny")
     config.data.dir = data_dir
     config.resume_from = pre_dir
-    with config.unlocked():
-        config.evals.few_shot = ()  # keep the end-of-run eval short
-        for key, value in overrides.items():
-            node, *path = key.split(".")
-            target = config[node] if path else config
-            for part in path[:-1]:
-                target = target[part]
-            target[path[-1] if path else node] = value
+    config.evals.few_shot = ()  # keep the end-of-run eval short
+    for key, value in overrides.items():
+        set_dotted(config, key, value)
     return config
 
 

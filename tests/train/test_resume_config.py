@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from experiments.configs import demo
+from mmfm.notebook_utils import set_dotted
 from mmfm.train.loop import train
 from mmfm.train.resume_config import ResumeConfigError, config_changes
 
@@ -17,15 +18,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def tiny(data_dir, **updates):
     c = demo.get_config("tiny")
-    with c.unlocked():
-        c.data.dir = data_dir
-        c.total_steps, c.checkpoint_every, c.log_every = 2, 2, 1
-        for path, value in updates.items():
-            node = c
-            *parents, leaf = path.split(".")
-            for p in parents:
-                node = node[p]
-            node[leaf] = value
+    c.data.dir = data_dir
+    c.total_steps, c.checkpoint_every, c.log_every = 2, 2, 1
+    for path, value in updates.items():
+        set_dotted(c, path, value)
     return c
 
 
