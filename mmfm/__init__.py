@@ -11,13 +11,13 @@ implementation, importable from its module.
 from mmfm.version import __version__
 
 from mmfm import losses
-from mmfm.api import (create_model, create_model_and_transforms, encode_image, encode_text,
+from mmfm.api import (add_model_config, create_model, create_model_and_transforms, encode_image, encode_text,
                       get_tokenizer, list_models, list_pretrained, load_eval_model, load_model_info,
                       load_run, model_info)
 from mmfm.models.config import ModelConfig, TextConfig, VitConfig
 
 __all__ = [
-    "create_model", "create_model_and_transforms", "encode_image", "encode_text", "get_tokenizer",
+    "add_model_config", "create_model", "create_model_and_transforms", "encode_image", "encode_text", "get_tokenizer",
     "list_models", "list_pretrained", "load_eval_model", "load_model_info", "load_run", "model_info", "losses", "ModelConfig",
     "TextConfig", "VitConfig", "__version__",
 ]

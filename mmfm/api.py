@@ -23,12 +23,12 @@ from mmfm.models.config import ModelConfig
 from mmfm.models.multimodal import TwoTower
 from mmfm.zoo import export as export_lib
 from mmfm.zoo import pretrained as pre_lib
-from mmfm.zoo import registry
+from mmfm.zoo import registry, sources
 from mmfm.zoo.convert import common
-from mmfm.zoo.registry import ARCHITECTURES, list_models, list_pretrained  # noqa: F401
+from mmfm.zoo.registry import ARCHITECTURES, add_model_config, list_models, list_pretrained  # noqa: F401
 from mmfm.data.preprocess import ImageTransform
 
-__all__ = ["create_model", "create_model_and_transforms", "encode_image", "encode_text",
+__all__ = ["add_model_config", "create_model", "create_model_and_transforms", "encode_image", "encode_text",
            "get_tokenizer", "list_models", "list_pretrained", "load_eval_model", "load_model_info", "load_run"]
 
 
@@ -37,9 +37,10 @@ class ModelInfo:
     """What a loaded model needs besides params: config, preprocessing, tokenizer, zero-shot data."""
     config: ModelConfig
     preprocess: registry.Preprocess
-    tokenizer: registry.TokenizerSpec
+    tokenizer: Optional[registry.TokenizerSpec]  # None: none found (see tokenizer_error)
     base_dir: Optional[str] = None  # where the tokenizer file lives
     zeroshot: dict = dataclasses.field(default_factory=dict)
+    tokenizer_error: Optional[str] = None  # why no tokenizer was found (raised when one is asked for)
 
 
 def _is_source(x: str) -> bool:
@@ -105,12 +106,13 @@ def load_model_info(name: str, pretrained: Optional[str] = None, *, overrides: O
             path, converter = _fetch_tag(tag, cache_dir, offline), tag.converter
         else:
             path = pre_lib.fetch(pretrained, sha256=sha256, cache=cache_dir, offline=offline)
-        converter = converter or pre_lib.detect_converter(path)
+        converter = converter or sources.detect_converter(path)
         base_dir = path if os.path.isdir(path) else os.path.dirname(path)
-        # Sources with a full config (HF config.json, mmfm exports) define the model; for bare
-        # state dicts the architecture fixes what shapes cannot tell (heads, activation).
+        # Sources with a full config (HF config.json, open_clip_config.json, mmfm exports) define
+        # the model; for bare state dicts the architecture fixes what shapes cannot tell (heads,
+        # activation), and every source's shapes are checked against a named architecture.
         use_arch = arch_cfg if converter in ("openclip", "big_vision") else None
-        src_cfg, flat, src_info = pre_lib.convert_source(path, converter, use_arch)
+        src_cfg, flat, src_info = sources.convert_source(path, converter, use_arch, arch=name)
         if arch_cfg is not None:
             common.check_params(flat, arch_cfg, name)
         cfg = src_cfg
@@ -119,12 +121,12 @@ def load_model_info(name: str, pretrained: Optional[str] = None, *, overrides: O
     cfg = registry.apply_overrides(cfg, overrides)
     if tag is not None:
         info = ModelInfo(cfg, tag.preprocess, tag.tokenizer, base_dir)
-    elif "preprocess" in src_info:  # an mmfm export
-        info = ModelInfo(cfg, src_info["preprocess"], src_info["tokenizer"], src_info["dir"],
-                         src_info.get("zeroshot", {}))
+    elif flat is None:
+        info = ModelInfo(cfg, sources.default_preprocess(cfg), export_lib.default_tokenizer(cfg))
     else:
-        info = ModelInfo(cfg, export_lib.default_preprocess(cfg), export_lib.default_tokenizer(cfg),
-                         base_dir)
+        info = ModelInfo(cfg, src_info["preprocess"], src_info.get("tokenizer"),
+                         src_info.get("dir", base_dir), src_info.get("zeroshot", {}),
+                         tokenizer_error=src_info.get("tokenizer_error"))
     return info, flat
 
 
@@ -207,43 +209,56 @@ def load_eval_model(name: str, pretrained: Optional[str] = None, *, batch_size: 
     zeroshot = {k: (tuple(v[0]), tuple(v[1])) for k, v in (info.zeroshot or {}).items()}
     return EvalModel.from_host_params(
         model, params, batch_size=batch_size, preprocess=info.preprocess,
-        tokenizer=make_tokenizer(info.tokenizer, info.base_dir),
+        tokenizer=make_tokenizer(info.tokenizer, info.base_dir, info.tokenizer_error),
         context_length=int(info.tokenizer.context_length or model.cfg.text.context_length),
         zeroshot=zeroshot)
 
 
-def make_tokenizer(spec: registry.TokenizerSpec, base_dir: Optional[str] = None):
-    from mmfm.data.tokenizers import load_tokenizer
+def make_tokenizer(spec: Optional[registry.TokenizerSpec], base_dir: Optional[str] = None,
+                   error: Optional[str] = None):
+    """The tokenizer a spec describes, reading its files from `base_dir`."""
+    from mmfm.data.tokenizers import HFTokenizer, load_tokenizer
     from mmfm.zoo.tokenizers import ClipTokenizer, SiglipTokenizer
 
-    if spec.kind == "clip_bpe":
+    if spec is None:
+        raise FileNotFoundError(error or "this model has no tokenizer: pass a tokenizer file to "
+                                "get_tokenizer")
+    if spec.kind == "clip_bpe" and spec.file is None:
         return ClipTokenizer()
-    path = os.path.join(base_dir or "", spec.file or "")
-    if not spec.file or not os.path.isfile(path):
-        raise FileNotFoundError(f"tokenizer file {spec.file!r} not found in {base_dir!r}: SigLIP's "
-                                "SentencePiece model is not shipped with mmfm; pass the spiece.model "
-                                "path to get_tokenizer, or load a converted export directory")
+    paths = [os.path.join(base_dir or "", n) for n in spec.files()]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if not spec.file or missing:
+        raise FileNotFoundError(f"tokenizer file(s) {missing or [spec.file]} not found: pass the "
+                                "tokenizer file to get_tokenizer, or load a converted export directory")
+    if spec.kind == "clip_bpe":
+        return ClipTokenizer(paths[0], num_merges=None, vocab_path=paths[1], pad_id=spec.pad_id or 0)
     if spec.kind == "siglip":
-        return SiglipTokenizer(path, lowercase=spec.lowercase, pad_id=spec.pad_id)
-    if spec.kind in ("sentencepiece", "hf"):
-        return load_tokenizer(path, lowercase=spec.lowercase)
+        return SiglipTokenizer(paths[0], lowercase=spec.lowercase, pad_id=spec.pad_id)
+    if spec.kind == "hf":
+        return HFTokenizer(paths[0], lowercase=spec.lowercase, pad_id=spec.pad_id)
+    if spec.kind == "sentencepiece":
+        return load_tokenizer(paths[0], lowercase=spec.lowercase)
     raise ValueError(f"unknown tokenizer kind {spec.kind!r}; valid: clip_bpe, siglip, sentencepiece, hf")
 
 
 def get_tokenizer(name: str, *, kind: Optional[str] = None):
-    """Tokenizer of an architecture, a created model's export dir, or a tokenizer file.
+    """Tokenizer of an architecture, a model directory (export, HF, open_clip hub) or a tokenizer
+    file (tokenizer.json, merges.txt with vocab.json beside it, spiece.model, tokenizer.model).
 
     A `.model` file is read as SigLIP's SentencePiece model unless kind='sentencepiece'.
     """
+    from mmfm.zoo.source_tokenizer import spec_for_file
+
     if name in ARCHITECTURES:
         cfg = registry.get_model_config(name)
         return make_tokenizer(export_lib.default_tokenizer(cfg))
     if os.path.isdir(name):
         info, _ = load_model_info(name)
-        return make_tokenizer(info.tokenizer, info.base_dir)
+        return make_tokenizer(info.tokenizer, info.base_dir, info.tokenizer_error)
     if os.path.isfile(name):
-        k = kind or ("hf" if name.endswith(".json") else "siglip")
-        spec = registry.TokenizerSpec(k, os.path.basename(name), pad_id=1 if k == "siglip" else None)
+        spec = spec_for_file(name, "siglip" if kind is None else "clip", 77)
+        if kind is not None:
+            spec = dataclasses.replace(spec, kind=kind)
         return make_tokenizer(spec, os.path.dirname(os.path.abspath(name)))
     if _looks_like_path(name):
         raise _path_not_found("tokenizer", name)

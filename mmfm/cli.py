@@ -420,17 +420,23 @@ def convert_main(argv=None) -> None:
                 "Reads .safetensors and .npz files only (pickled .bin/.pt files are refused, with "
                 "the one-line command that converts them).")
     p.add_argument("--from", dest="converter", required=True, choices=("openclip", "hf", "big_vision"),
-                   help="source format: openclip (a .safetensors state dict), hf (a Hugging Face "
+                   help="source format: openclip (open_clip's hub layout directory, or a "
+                        ".safetensors state dict with --arch/--model_config), hf (a Hugging Face "
                         "model directory) or big_vision (a .npz)")
     p.add_argument("src", help="the weights file or directory")
     p.add_argument("--out", required=True, help="export directory to write")
-    p.add_argument("--arch", default=None, help="registry architecture (fixes heads/activation); "
-                                                "`mmfm zoo` lists them")
-    p.add_argument("--tokenizer", default=None, help="tokenizer file for SigLIP (spiece.model; "
-                                                     "default: the one beside the weights)")
+    p.add_argument("--arch", default=None, help="registry architecture (fixes heads, activation, "
+                                                "LayerNorm eps); `mmfm zoo` lists them")
+    p.add_argument("--model_config", default=None,
+                   help="an open_clip model config JSON (as open_clip.add_model_config takes) for a "
+                        "bare open_clip state dict")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer file (tokenizer.json, merges.txt with vocab.json beside it, "
+                        "spiece.model, tokenizer.model); default: the one found beside the weights")
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
     print(_guard(p.prog, lambda: convert_to_export(a.src, a.out, converter=a.converter,
-                                                   arch=a.arch, tokenizer_file=a.tokenizer)))
+                                                   arch=a.arch, model_config=a.model_config,
+                                                   tokenizer_file=a.tokenizer)))
 
 
 EVAL_EPILOG = """\

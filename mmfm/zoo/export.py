@@ -15,56 +15,53 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
 from mmfm.fileio import honour_umask
 from mmfm.models.config import ModelConfig, model_config_from_dict, model_config_to_dict
-from mmfm.zoo import pretrained
+from mmfm.zoo import sources
 from mmfm.zoo.pretrained import FORMAT, PARAMS_FILE, VERSION
 from mmfm.zoo.convert import common
-from mmfm.zoo.registry import (INCEPTION_MEAN, INCEPTION_STD, Preprocess, TokenizerSpec,
-                               get_model_config)
+from mmfm.zoo.registry import Preprocess, TokenizerSpec, get_model_config
+from mmfm.zoo.source_tokenizer import TokenizerNotFound
 
-
-
-def default_preprocess(cfg: ModelConfig) -> Preprocess:
-    """CLIP's preprocessing, or SigLIP's for MAP-pooled towers."""
-    if cfg.image.pool == "map":
-        return Preprocess(cfg.image.image_size, INCEPTION_MEAN, INCEPTION_STD, "bicubic", "squash")
-    return Preprocess(image_size=cfg.image.image_size)
 
 
 def default_tokenizer(cfg: ModelConfig) -> TokenizerSpec:
+    """The tokenizer of a registry architecture without weights (CLIP's shipped BPE for the
+    49,408-id CLIP towers, SigLIP's SentencePiece model otherwise). Converted sources never use
+    this: their tokenizer comes from their files (mmfm.zoo.source_tokenizer)."""
     if cfg.text.vocab_size == 49408 and cfg.text.pool in ("argmax", "eot"):
         return TokenizerSpec("clip_bpe", None, cfg.text.context_length, True)
     return TokenizerSpec("siglip", "spiece.model", cfg.text.context_length, True, pad_id=1)
 
 
 def save_export(out_dir: str, flat_params: dict, cfg: ModelConfig, *, preprocess: Preprocess,
-                tokenizer: TokenizerSpec, tokenizer_file: Optional[str] = None,
+                tokenizer: TokenizerSpec, tokenizer_files: Sequence[str] = (),
                 zeroshot: Optional[dict] = None, source: Optional[dict] = None) -> str:
-    """Writes an export directory atomically (a temp dir renamed into place)."""
+    """Writes an export directory atomically (a temp dir renamed into place). `tokenizer_files`:
+    the paths of the files `tokenizer.files()` names (copied in under those names)."""
     from safetensors.numpy import save_file
 
     flat = common.to_canonical({k: np.asarray(v) for k, v in flat_params.items()})
     common.check_params(flat, cfg, "export")
     flat = {k: (v.astype(np.float32) if v.dtype.kind == "V" or str(v.dtype) == "bfloat16" else v)
             for k, v in flat.items()}
-    if tokenizer.kind != "clip_bpe":
-        if not tokenizer_file or not os.path.isfile(tokenizer_file):
-            raise FileNotFoundError(f"tokenizer kind {tokenizer.kind!r} needs its file; got "
-                                    f"{tokenizer_file!r}")
-        tokenizer = dataclasses.replace(tokenizer, file=os.path.basename(tokenizer_file))
+    by_name = {os.path.basename(f): f for f in tokenizer_files}
+    for name in tokenizer.files():
+        if name not in by_name or not os.path.isfile(by_name[name]):
+            raise FileNotFoundError(f"tokenizer {tokenizer.kind!r} needs its file {name}; got "
+                                    f"{list(tokenizer_files)}")
     out_dir = os.path.abspath(out_dir)
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix=".export-")
     try:
         save_file({k: np.ascontiguousarray(v) for k, v in flat.items()}, os.path.join(tmp, PARAMS_FILE))
-        if tokenizer.kind != "clip_bpe":
-            shutil.copyfile(tokenizer_file, os.path.join(tmp, tokenizer.file))
+        for name in tokenizer.files():
+            shutil.copyfile(by_name[name], os.path.join(tmp, name))
         meta = {"format": FORMAT, "version": VERSION, "model": model_config_to_dict(cfg),
                 "preprocess": dataclasses.asdict(preprocess), "tokenizer": dataclasses.asdict(tokenizer),
                 "zeroshot": zeroshot or {}, "source": source or {}}
@@ -94,27 +91,36 @@ def export_from_workdir(workdir: str, out_dir: str) -> str:
                         run.tokenizer_lowercase)
     zs = {k: [list(n), list(t)] for k, (n, t) in run.zeroshot.items()}
     return save_export(out_dir, common.flatten(run.params), cfg, preprocess=pre, tokenizer=tok,
-                       tokenizer_file=tok_file, zeroshot=zs,
+                       tokenizer_files=[tok_file], zeroshot=zs,
                        source={"kind": "mmfm-train", "workdir": run.workdir, "step": run.step})
 
 
 def convert_to_export(src: str, out_dir: str, *, converter: Optional[str] = None,
-                      arch: Optional[str] = None, tokenizer_file: Optional[str] = None,
-                      overrides: Optional[dict] = None) -> str:
-    """Converts an open_clip / Hugging Face / big_vision source into an mmfm export."""
-    cfg = get_model_config(arch, **(overrides or {})) if arch else None
-    converter = converter or pretrained.detect_converter(src)
-    model_cfg, flat, _ = pretrained.convert_source(src, converter, cfg)
+                      arch: Optional[str] = None, model_config: Optional[str] = None,
+                      tokenizer_file: Optional[str] = None, overrides: Optional[dict] = None) -> str:
+    """Converts an open_clip / Hugging Face / big_vision source into an mmfm export.
+
+    `arch` (a registry name) or `model_config` (an open_clip model config JSON) supplies what a
+    bare state dict does not record; `tokenizer_file` overrides the tokenizer found beside it."""
+    from mmfm.zoo.convert.openclip_config import model_config_from_openclip, read_json
+
+    if arch and model_config:
+        raise ValueError("pass --arch or --model_config, not both")
+    cfg, name = None, arch
+    if arch:
+        cfg = get_model_config(arch, **(overrides or {}))
+    elif model_config:
+        if not os.path.isfile(model_config):
+            raise FileNotFoundError(f"--model_config {model_config}: file not found")
+        cfg, name = model_config_from_openclip(read_json(model_config, "an open_clip model config"),
+                                               where=model_config), model_config
+    converter = converter or sources.detect_converter(src)
+    model_cfg, flat, info = sources.convert_source(src, converter, cfg, arch=name,
+                                                   tokenizer=tokenizer_file)
     if cfg is not None:
-        common.check_params(flat, cfg, arch)
-    tok = default_tokenizer(model_cfg)
-    if tok.kind != "clip_bpe" and tokenizer_file is None:
-        base = src if os.path.isdir(src) else os.path.dirname(src)
-        cand = os.path.join(base, "spiece.model")
-        tokenizer_file = cand if os.path.isfile(cand) else None
-        if tokenizer_file is None:
-            raise FileNotFoundError(f"{src}: the SigLIP tokenizer (spiece.model) was not found beside "
-                                    "the weights; pass --tokenizer FILE")
-    return save_export(out_dir, flat, model_cfg, preprocess=default_preprocess(model_cfg),
-                       tokenizer=tok, tokenizer_file=tokenizer_file,
-                       source={"kind": converter, "path": os.path.abspath(src), "arch": arch})
+        common.check_params(flat, cfg, name)
+    if "tokenizer_error" in info:
+        raise TokenizerNotFound(info["tokenizer_error"])
+    return save_export(out_dir, flat, model_cfg, preprocess=info["preprocess"],
+                       tokenizer=info["tokenizer"], tokenizer_files=info["tokenizer_files"],
+                       source={"kind": converter, "path": os.path.abspath(src), "arch": name})

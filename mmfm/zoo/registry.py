@@ -78,6 +78,30 @@ ARCHITECTURES: dict[str, Callable[[], ModelConfig]] = {
 }
 
 
+def add_model_config(path: str, name: Optional[str] = None) -> list[str]:
+    """Registers open_clip model config JSON files as architectures (as `open_clip.add_model_config`):
+    a file (named by its stem, or `name`) or every *.json in a directory. Returns the names."""
+    import glob
+    import os
+
+    from mmfm.zoo.convert.openclip_config import model_config_from_openclip, read_json
+
+    if os.path.isdir(path):
+        files = sorted(glob.glob(os.path.join(path, "*.json")))
+    elif os.path.isfile(path):
+        files = [path]
+    else:
+        raise FileNotFoundError(f"open_clip model config not found: {path}")
+    names = []
+    for file in files:
+        raw = read_json(file, "an open_clip model config")
+        model_config_from_openclip(raw, where=file)  # refuse now, not at first use
+        arch = name if name and len(files) == 1 else os.path.splitext(os.path.basename(file))[0]
+        ARCHITECTURES[arch] = lambda raw=raw, file=file: model_config_from_openclip(raw, where=file)
+        names.append(arch)
+    return names
+
+
 def _unknown(kind: str, name: str, valid) -> ValueError:
     valid = sorted(valid)
     close = difflib.get_close_matches(name, valid, n=3)
@@ -128,14 +152,25 @@ def apply_overrides(cfg: ModelConfig, overrides: Optional[dict]) -> ModelConfig:
     return cfg.validate()
 
 
+CLIP_VOCAB_FILE = "vocab.json"  # a CLIP BPE's ids, beside its merges.txt (Hugging Face's names)
+
+
 @dataclasses.dataclass(frozen=True)
 class TokenizerSpec:
-    """Which tokenizer a model uses. kind: clip_bpe (shipped), sentencepiece, siglip, hf."""
+    """Which tokenizer a model uses. kind: clip_bpe, sentencepiece, siglip, hf."""
     kind: str = "clip_bpe"
-    file: Optional[str] = None  # for sentencepiece / siglip / hf: the file name inside the source
+    # The file name inside the source or export: sentencepiece / siglip: the .model file; hf: the
+    # tokenizer.json; clip_bpe: None for the shipped BPE, else merges.txt (with vocab.json beside).
+    file: Optional[str] = None
     context_length: int = 77
     lowercase: bool = True
     pad_id: Optional[int] = None  # None: the tokenizer's own
+
+    def files(self) -> tuple[str, ...]:
+        """Every file this tokenizer reads (what an export must carry)."""
+        if self.file is None:
+            return ()
+        return (self.file, CLIP_VOCAB_FILE) if self.kind == "clip_bpe" else (self.file,)
 
 
 @dataclasses.dataclass(frozen=True)

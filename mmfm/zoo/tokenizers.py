@@ -53,39 +53,62 @@ def clip_clean(text: str) -> str:
 
 
 class ClipTokenizer:
-    """CLIP BPE tokenizer (49,408 ids; SOT 49406, EOT 49407, pad 0)."""
+    """CLIP BPE tokenizer: by default the shipped one (49,408 ids; SOT 49406, EOT 49407, pad 0).
 
-    def __init__(self, merges_path: str = CLIP_MERGES, *, num_merges: int = 48894):
-        if not os.path.isfile(merges_path):
-            raise FileNotFoundError(f"CLIP BPE merges file not found: {merges_path}")
+    With `vocab_path` (a Hugging Face `vocab.json`) the ids, SOT and EOT come from that file and
+    `merges_path` is its `merges.txt` (any vocabulary size): the same algorithm on other files.
+    """
+
+    SOT, EOT = "<|startoftext|>", "<|endoftext|>"
+
+    def __init__(self, merges_path: str = CLIP_MERGES, *, num_merges: Optional[int] = 48894,
+                 vocab_path: Optional[str] = None, pad_id: int = 0):
+        for path in (merges_path, vocab_path):
+            if path is not None and not os.path.isfile(path):
+                raise FileNotFoundError(f"CLIP BPE file not found: {path}")
         self.path, self.num_merges = os.fspath(merges_path), num_merges
+        self.vocab_path, self._pad = vocab_path and os.fspath(vocab_path), pad_id
         self._build()
 
-    def _build(self) -> None:
+    def _read_merges(self) -> list[tuple[str, ...]]:
         import gzip
-
-        import tokenizers as hf
-        from tokenizers import models, pre_tokenizers
 
         opener = gzip.open if self.path.endswith(".gz") else open
         with opener(self.path, "rt", encoding="utf-8") as f:
             lines = f.read().split("\n")
-        merges = [tuple(m.split()) for m in lines[1:self.num_merges + 1]]
-        if len(merges) != self.num_merges or any(len(m) != 2 for m in merges):
-            raise ValueError(f"{self.path}: expected {self.num_merges} BPE merges (pairs) after the "
-                             "version line")
+        # As open_clip and transformers read it: skip the version line, at most 48,894 merges.
+        limit = self.num_merges if self.num_merges is not None else 49152 - 256 - 2
+        merges = [tuple(m.split()) for m in lines[1:limit + 1] if m.strip()]
+        if (self.num_merges is not None and len(merges) != self.num_merges) or any(len(m) != 2 for m in merges):
+            raise ValueError(f"{self.path}: expected {self.num_merges or 'up to 48894'} BPE merges "
+                             "(pairs) after the version line")
+        return merges
+
+    def _build(self) -> None:
+        import json
+
+        import tokenizers as hf
+        from tokenizers import models, pre_tokenizers
+
+        merges = self._read_merges()
         chars = list(byte_to_unicode().values())
-        vocab = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges]
-        vocab += ["<start_of_text>", "<end_of_text>"]
-        self._vocab = {tok: i for i, tok in enumerate(vocab)}
+        if self.vocab_path is None:
+            vocab = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges]
+            self._vocab = {tok: i for i, tok in enumerate(vocab + [self.SOT, self.EOT])}
+        else:
+            with open(self.vocab_path, encoding="utf-8") as f:
+                self._vocab = {str(k): int(v) for k, v in json.load(f).items()}
+            missing = [t for t in (self.SOT, self.EOT) if t not in self._vocab]
+            if missing:
+                raise ValueError(f"{self.vocab_path}: CLIP vocabulary lacks {missing}")
         tok = hf.Tokenizer(models.BPE(vocab=self._vocab, merges=merges, end_of_word_suffix="</w>",
                                       continuing_subword_prefix="", fuse_unk=False))
         tok.pre_tokenizer = pre_tokenizers.Sequence([
             pre_tokenizers.Split(hf.Regex(CLIP_PATTERN), behavior="removed", invert=True),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
         self._tok = tok
-        self.vocab_size = len(vocab)
-        self.bos_id, self.eot_id, self.pad_id = len(vocab) - 2, len(vocab) - 1, 0
+        self.vocab_size = max(self._vocab.values()) + 1
+        self.bos_id, self.eot_id, self.pad_id = self._vocab[self.SOT], self._vocab[self.EOT], self._pad
         self.mask_id, self.unk_id = None, None
         self.special_ids = (self.pad_id, self.bos_id, self.eot_id)
         self._inv = {i: t for t, i in self._vocab.items()}
@@ -110,10 +133,12 @@ class ClipTokenizer:
         return " ".join(w for w in words if w)
 
     def __getstate__(self):
-        return {"path": self.path, "num_merges": self.num_merges}
+        return {"path": self.path, "num_merges": self.num_merges, "vocab_path": self.vocab_path,
+                "pad": self._pad}
 
     def __setstate__(self, state):
         self.path, self.num_merges = state["path"], state["num_merges"]
+        self.vocab_path, self._pad = state["vocab_path"], state["pad"]
         self._build()
 
     def __repr__(self) -> str:

@@ -3,10 +3,14 @@
 The tests compare mmfm's converted models and tokenizers against these files WITHOUT torch. The
 script makes small randomly initialised reference models (width 32, 2 layers, 32 px images, vocab
 256), perturbs every parameter (so LayerNorm scales/biases and zero-initialised biases are tested
-too), and saves: their weights in the source's own format, the inputs, and the reference outputs
-(L2-normalised image/text embeddings and logits). It also saves token ids of varied strings from
-open_clip's CLIP BPE tokenizer and from Hugging Face's SiglipTokenizer on a small SentencePiece
-model trained here (no network is needed).
+too), and saves: their weights in the source's own layout on disk (open_clip's hub directory with
+open_clip_config.json; Hugging Face directories with their tokenizer and preprocessor files), the
+inputs, and the reference outputs (L2-normalised image/text embeddings and logits). The open_clip
+model has 16-wide vision heads and 4 text heads, so a converter that guesses `width // 64` fails.
+The CLIP models use a small CLIP BPE (the first 1,000 merges of CLIP's, 1,514 ids, not 49,408).
+It also saves token ids of varied strings from open_clip's CLIP BPE tokenizer (shipped and small),
+Hugging Face's CLIPTokenizer (its tokenizer.json) on the small BPE, and SiglipTokenizer on a
+small SentencePiece model trained here (no network is needed).
 
 Set-up (a separate venv: torch never becomes an mmfm dependency). PyPI's torchvision does not
 import beside the CPU-only torch 2.13.0 build; torch 2.14.1 with torchvision 0.29.1 does:
@@ -32,6 +36,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "fixtures")
 W, LAYERS, HEADS, MLP, IMG, PATCH, VOCAB, CTX = 32, 2, 2, 64, 32, 8, 256, 16
 N_IMG, N_TXT = 3, 4
+N_MERGES = 1000  # the small CLIP BPE: 256 bytes x 2 + 1000 merges + SOT/EOT = 1514 ids
+CLIP_VOCAB = 512 + N_MERGES + 2
+OC_HEAD_WIDTH, OC_TEXT_HEADS = 16, 4  # open_clip fixture: neither is what width // 64 gives
+CLIP_MERGES = os.path.join(HERE, "..", "..", "mmfm", "zoo", "data", "clip_bpe_merges.txt")
 
 TOKENIZER_STRINGS = [
     "", " ", "a photo of a cat", "A Photo Of A CAT.", "hello, world!", "what's up? it's fine.",
@@ -86,41 +94,101 @@ def save_ref(name: str, images, tokens, img_emb, txt_emb, logits, **extra) -> No
              txt_emb=txt_emb.astype(np.float32), logits=logits.astype(np.float32), **extra)
 
 
-def make_openclip() -> None:
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's byte -> unicode map (the first 256 vocabulary entries, in order)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    out, n = {b: chr(b) for b in keep}, 0
+    for b in range(256):
+        if b not in out:
+            out[b] = chr(256 + n)
+            n += 1
+    return out  # insertion order is the vocabulary order (printable bytes first)
+
+
+def write_small_clip_bpe(d: str) -> tuple[str, str, str]:
+    """vocab.json + merges.txt (Hugging Face's CLIP files) and bpe.txt.gz (open_clip's format)."""
+    import gzip
+
+    with open(CLIP_MERGES, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    header, merges = lines[0], lines[1:N_MERGES + 1]
+    chars = list(bytes_to_unicode().values())
+    vocab = chars + [c + "</w>" for c in chars] + ["".join(m.split()) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    assert len(vocab) == CLIP_VOCAB
+    os.makedirs(d, exist_ok=True)
+    vocab_path, merges_path = os.path.join(d, "vocab.json"), os.path.join(d, "merges.txt")
+    with open(vocab_path, "w", encoding="utf-8") as f:
+        json.dump({t: i for i, t in enumerate(vocab)}, f, ensure_ascii=False)
+    with open(merges_path, "w", encoding="utf-8") as f:  # Hugging Face's merges.txt header
+        f.write("\n".join(["#version: 0.2"] + merges) + "\n")
+    gz = os.path.join(OUT, "small_clip_bpe.txt.gz")
+    with gzip.open(gz, "wt", encoding="utf-8") as f:  # no final newline: open_clip would read a '' merge
+        f.write("\n".join([header] + merges))
+    return vocab_path, merges_path, gz
+
+
+def make_openclip() -> dict:
+    """open_clip's hub layout: open_clip_config.json + open_clip_model.safetensors (+ BPE files)."""
     import open_clip
     from safetensors.torch import save_file
 
-    vision = open_clip.model.CLIPVisionCfg(layers=LAYERS, width=W, head_width=W // HEADS,
-                                           mlp_ratio=MLP / W, patch_size=PATCH, image_size=IMG)
-    text = open_clip.model.CLIPTextCfg(context_length=CTX, vocab_size=VOCAB, width=W, heads=HEADS,
-                                       layers=LAYERS, mlp_ratio=MLP / W)
-    model = open_clip.model.CLIP(embed_dim=24, vision_cfg=vision, text_cfg=text, quick_gelu=True).eval()
+    d = os.path.join(OUT, "openclip_tiny")
+    shutil.rmtree(d, ignore_errors=True)
+    write_small_clip_bpe(d)
+    model_cfg = {
+        "embed_dim": 24, "quick_gelu": True,
+        "vision_cfg": {"layers": LAYERS, "width": W, "head_width": OC_HEAD_WIDTH, "mlp_ratio": MLP / W,
+                       "patch_size": PATCH, "image_size": IMG},
+        "text_cfg": {"context_length": CTX, "vocab_size": CLIP_VOCAB, "width": W,
+                     "heads": OC_TEXT_HEADS, "layers": LAYERS, "mlp_ratio": MLP / W,
+                     "norm_kwargs": {"eps": 1e-6}}}
+    preprocess_cfg = {"mean": [0.4, 0.45, 0.5], "std": [0.2, 0.25, 0.3], "interpolation": "bilinear",
+                      "resize_mode": "squash"}
+    model = open_clip.model.CLIP(
+        embed_dim=model_cfg["embed_dim"], quick_gelu=True,
+        vision_cfg=open_clip.model.CLIPVisionCfg(**model_cfg["vision_cfg"]),
+        text_cfg=open_clip.model.CLIPTextCfg(**model_cfg["text_cfg"])).eval()
+    assert model.visual.transformer.resblocks[0].attn.num_heads == W // OC_HEAD_WIDTH
+    assert model.transformer.resblocks[0].attn.num_heads == OC_TEXT_HEADS
     perturb_(model, 0)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()},
-              os.path.join(OUT, "openclip_tiny.safetensors"))
-    images, tokens = inputs(1, bos=VOCAB - 2, eot=VOCAB - 1, pad=0, max_id=VOCAB - 2)
+              os.path.join(d, "open_clip_model.safetensors"))
+    with open(os.path.join(d, "open_clip_config.json"), "w") as f:
+        json.dump({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}, f, indent=1)
+    images, tokens = inputs(1, bos=CLIP_VOCAB - 2, eot=CLIP_VOCAB - 1, pad=0, max_id=CLIP_VOCAB - 2)
     with torch.no_grad():
         im = model.encode_image(torch.from_numpy(images), normalize=True)
         tx = model.encode_text(torch.from_numpy(tokens), normalize=True)
         logits = model.logit_scale.exp() * im @ tx.T
     save_ref("openclip_tiny", images, tokens, im.numpy(), tx.numpy(), logits.numpy())
+    return model_cfg
 
 
 def make_hf_clip() -> None:
-    from transformers import CLIPConfig, CLIPModel
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
     common = dict(hidden_size=W, intermediate_size=MLP, num_hidden_layers=LAYERS,
                   num_attention_heads=HEADS, hidden_act="quick_gelu")
-    cfg = CLIPConfig(text_config=dict(vocab_size=VOCAB, max_position_embeddings=CTX,
-                                      bos_token_id=VOCAB - 2, eos_token_id=VOCAB - 1, pad_token_id=0,
-                                      **common),
+    cfg = CLIPConfig(text_config=dict(vocab_size=CLIP_VOCAB, max_position_embeddings=CTX,
+                                      bos_token_id=CLIP_VOCAB - 2, eos_token_id=CLIP_VOCAB - 1,
+                                      pad_token_id=CLIP_VOCAB - 1, **common),
                      vision_config=dict(image_size=IMG, patch_size=PATCH, **common), projection_dim=24)
     model = CLIPModel(cfg).eval()
     perturb_(model, 1)
     d = os.path.join(OUT, "hf_clip_tiny")
     shutil.rmtree(d, ignore_errors=True)
     model.save_pretrained(d)
-    images, tokens = inputs(2, bos=VOCAB - 2, eot=VOCAB - 1, pad=0, max_id=VOCAB - 2)
+    vocab, merges, _ = write_small_clip_bpe(os.path.join(OUT, "tmp_bpe"))
+    with open(vocab, encoding="utf-8") as f:
+        vocab_dict = json.load(f)
+    with open(merges, encoding="utf-8") as f:
+        merge_list = [tuple(m.split()) for m in f.read().split("\n")[1:] if m]
+    CLIPTokenizer(vocab=vocab_dict, merges=merge_list).save_pretrained(d)  # writes tokenizer.json
+    shutil.rmtree(os.path.join(OUT, "tmp_bpe"))
+    CLIPImageProcessor(size={"shortest_edge": IMG}, crop_size={"height": IMG, "width": IMG}).save_pretrained(d)
+    images, tokens = inputs(2, bos=CLIP_VOCAB - 2, eot=CLIP_VOCAB - 1, pad=CLIP_VOCAB - 1,
+                            max_id=CLIP_VOCAB - 2)
     with torch.no_grad():
         out = model(input_ids=torch.from_numpy(tokens), pixel_values=torch.from_numpy(images))
     save_ref("hf_clip_tiny", images, tokens, out.image_embeds.numpy(), out.text_embeds.numpy(),
@@ -139,6 +207,9 @@ def make_hf_siglip():
     d = os.path.join(OUT, "hf_siglip_tiny")
     shutil.rmtree(d, ignore_errors=True)
     model.save_pretrained(d)
+    from transformers import SiglipImageProcessor, SiglipTokenizer
+    SiglipTokenizer(vocab_file=os.path.join(OUT, "siglip_tiny_spiece.model")).save_pretrained(d)
+    SiglipImageProcessor(size={"height": IMG, "width": IMG}).save_pretrained(d)
     images, tokens = inputs(3, bos=None, eot=1, pad=1, max_id=VOCAB)
     with torch.no_grad():
         out = model(input_ids=torch.from_numpy(tokens), pixel_values=torch.from_numpy(images))
@@ -206,14 +277,10 @@ def write_big_vision_npz(model, cfg) -> None:
     np.savez(os.path.join(OUT, "big_vision_siglip_tiny.npz"), **out)
 
 
-def make_tokenizer_fixtures() -> None:
-    import open_clip
+def make_spiece() -> str:
+    """A small SentencePiece model with SigLIP's (T5-style) special ids: pad 0, eos 1, unk 2."""
     import sentencepiece as spm
-    from transformers import SiglipTokenizer
 
-    clip_ids = open_clip.tokenize(TOKENIZER_STRINGS, context_length=77).numpy().astype(np.int32)
-
-    # A small SentencePiece model with SigLIP's (T5-style) special ids: pad 0, eos 1, unk 2.
     corpus = [s for s in TOKENIZER_STRINGS if s.strip()] * 3 + [
         "a photo of a {} on the table".format(w) for w in
         ("cat", "dog", "red car", "small bird", "blue square", "green circle", "house", "tree")]
@@ -225,13 +292,28 @@ def make_tokenizer_fixtures() -> None:
     sp_path = os.path.join(OUT, "siglip_tiny_spiece.model")
     with open(sp_path, "wb") as f:
         f.write(buf.getvalue())
+    return sp_path
+
+
+def make_tokenizer_fixtures(sp_path: str) -> None:
+    import open_clip
+    from transformers import CLIPTokenizer, SiglipTokenizer
+
+    clip_ids = open_clip.tokenize(TOKENIZER_STRINGS, context_length=77).numpy().astype(np.int32)
+    small = open_clip.tokenizer.SimpleTokenizer(bpe_path=os.path.join(OUT, "small_clip_bpe.txt.gz"))
+    small_ids = small(TOKENIZER_STRINGS, context_length=77).numpy().astype(np.int32)
+    os.remove(os.path.join(OUT, "small_clip_bpe.txt.gz"))
+    hf_dir = os.path.join(OUT, "hf_clip_tiny")
+    hf_kw = dict(padding="max_length", max_length=77, truncation=True)
+    hf_ids = np.asarray(CLIPTokenizer.from_pretrained(hf_dir)(TOKENIZER_STRINGS, **hf_kw)["input_ids"], np.int32)
     tok = SiglipTokenizer(vocab_file=sp_path)
     enc = tok(TOKENIZER_STRINGS, padding="max_length", max_length=64, truncation=True)
     siglip_ids = np.asarray(enc["input_ids"], np.int32)
     with open(os.path.join(OUT, "tokenizer_strings.json"), "w", encoding="utf-8") as f:
         json.dump(TOKENIZER_STRINGS, f, ensure_ascii=False, indent=0)
     np.savez(os.path.join(OUT, "tokenizer_ref.npz"), clip_bpe=clip_ids, siglip=siglip_ids,
-             siglip_pad_id=np.int32(tok.pad_token_id), siglip_eos_id=np.int32(tok.eos_token_id))
+             siglip_pad_id=np.int32(tok.pad_token_id), siglip_eos_id=np.int32(tok.eos_token_id),
+             small_clip_openclip=small_ids, small_clip_hf=hf_ids)
 
 
 def main() -> None:
@@ -240,11 +322,15 @@ def main() -> None:
 
     torch.manual_seed(0)
     os.makedirs(OUT, exist_ok=True)
+    for stale in ("openclip_tiny.safetensors",):
+        if os.path.exists(os.path.join(OUT, stale)):
+            os.remove(os.path.join(OUT, stale))
+    sp_path = make_spiece()
     make_openclip()
     make_hf_clip()
     model, cfg = make_hf_siglip()
     write_big_vision_npz(model, cfg)
-    make_tokenizer_fixtures()
+    make_tokenizer_fixtures(sp_path)
     with open(os.path.join(OUT, "versions.json"), "w") as f:
         json.dump({"torch": torch.__version__, "open_clip": open_clip.__version__,
                    "transformers": transformers.__version__}, f, indent=1)

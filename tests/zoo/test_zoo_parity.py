@@ -11,17 +11,18 @@ import numpy as np
 import pytest
 
 import mmfm.api as mmfm
-from mmfm.zoo import pretrained
+from mmfm.zoo import sources
 from mmfm.zoo.convert import common
 
 F = os.path.join(os.path.dirname(__file__), "fixtures")
-# (source, reference name, converter kwargs). open_clip's state dict does not record heads or the
-# activation: the fixture model has head_width 16 and QuickGELU.
+# (source, reference name). The open_clip source is open_clip's hub layout; its model has 16-wide
+# vision heads and 4 text heads (width // 64 would give 1), QuickGELU and text LayerNorm eps 1e-6,
+# all of which only its open_clip_config.json records.
 SOURCES = [
-    ("openclip_tiny.safetensors", "openclip_tiny", dict(head_width=16, act="quick_gelu")),
-    ("hf_clip_tiny", "hf_clip_tiny", {}),
-    ("hf_siglip_tiny", "hf_siglip_tiny", {}),
-    ("big_vision_siglip_tiny.npz", "hf_siglip_tiny", {}),
+    ("openclip_tiny", "openclip_tiny"),
+    ("hf_clip_tiny", "hf_clip_tiny"),
+    ("hf_siglip_tiny", "hf_siglip_tiny"),
+    ("big_vision_siglip_tiny.npz", "hf_siglip_tiny"),
 ]
 
 
@@ -34,34 +35,26 @@ def _outputs(model, params, ref):
     return img, txt, logits
 
 
-def _load(src, kw, **overrides):
-    """(model, params) through the public API: `create_model(path)`; a bare open_clip state dict
-    needs converter arguments, so it goes through the public converter and layout functions."""
-    path = os.path.join(F, src)
-    if not kw:
-        return mmfm.create_model(path, overrides=overrides or None)
-    from mmfm.models.multimodal import TwoTower
-    from mmfm.zoo import registry
-    cfg, flat, _ = pretrained.convert_source(path, **kw)
-    cfg = registry.apply_overrides(cfg, overrides)
-    return TwoTower(cfg), jax.device_put(common.unflatten(common.to_model_layout(flat, cfg)))
+def _load(src, **overrides):
+    """(model, params) through the public API: `create_model(path)`."""
+    return mmfm.create_model(os.path.join(F, src), overrides=overrides or None)
 
 
-@pytest.mark.parametrize("src,ref_name,kw", SOURCES, ids=[s[0] for s in SOURCES])
-def test_f32_parity(src, ref_name, kw):
+@pytest.mark.parametrize("src,ref_name", SOURCES, ids=[s[0] for s in SOURCES])
+def test_f32_parity(src, ref_name):
     ref = np.load(os.path.join(F, f"{ref_name}_ref.npz"))
-    model, params = _load(src, kw)
+    model, params = _load(src)
     img, txt, logits = _outputs(model, params, ref)
     assert np.abs(img - ref["img_emb"]).max() <= 1e-5
     assert np.abs(txt - ref["txt_emb"]).max() <= 1e-5
     assert np.abs(logits - ref["logits"]).max() <= 1e-4
 
 
-@pytest.mark.parametrize("src,ref_name,kw", SOURCES, ids=[s[0] for s in SOURCES])
-def test_bf16_compute_stays_close(src, ref_name, kw, capsys):
+@pytest.mark.parametrize("src,ref_name", SOURCES, ids=[s[0] for s in SOURCES])
+def test_bf16_compute_stays_close(src, ref_name, capsys):
     """bf16 compute (f32 params): reported, and bounded by bf16's ~3 significant digits."""
     ref = np.load(os.path.join(F, f"{ref_name}_ref.npz"))
-    model, params = _load(src, kw, dtype="bfloat16")
+    model, params = _load(src, dtype="bfloat16")
     img, txt, logits = _outputs(model, params, ref)
     d = (np.abs(img - ref["img_emb"]).max(), np.abs(txt - ref["txt_emb"]).max(),
          np.abs(logits - ref["logits"]).max())
@@ -72,13 +65,13 @@ def test_bf16_compute_stays_close(src, ref_name, kw, capsys):
 
 def test_scanned_layout_gives_identical_outputs():
     ref = np.load(os.path.join(F, "hf_siglip_tiny_ref.npz"))
-    model, params = _load("hf_siglip_tiny", {}, scan=True)
+    model, params = _load("hf_siglip_tiny", scan=True)
     assert params["img"]["encoder"]["blocks"]["ln1"]["scale"].shape == (2, 32)
     img, txt, _ = _outputs(model, params, ref)
     assert np.abs(img - ref["img_emb"]).max() <= 1e-5
     assert np.abs(txt - ref["txt_emb"]).max() <= 1e-5
     back = common.to_canonical(common.flatten(jax.device_get(params)))
-    _, flat, _ = pretrained.convert_source(os.path.join(F, "hf_siglip_tiny"))
+    _, flat, _ = sources.convert_source(os.path.join(F, "hf_siglip_tiny"))
     assert sorted(back) == sorted(flat)
 
 
@@ -100,7 +93,6 @@ def test_converted_export_roundtrip_via_cli(tmp_path):
     from mmfm.cli import convert_main
     src = tmp_path / "siglip"
     shutil.copytree(os.path.join(F, "hf_siglip_tiny"), src)
-    shutil.copy(os.path.join(F, "siglip_tiny_spiece.model"), src / "spiece.model")
     convert_main(["--from", "hf", str(src), "--out", str(tmp_path / "exp")])
     model, params, _, pre = mmfm.create_model_and_transforms(str(tmp_path / "exp"))
     ref = np.load(os.path.join(F, "hf_siglip_tiny_ref.npz"))

@@ -11,7 +11,8 @@ import mmfm.api as mmfm
 from mmfm.zoo import pretrained, registry
 
 F = os.path.join(os.path.dirname(__file__), "fixtures")
-OPENCLIP = os.path.join(F, "openclip_tiny.safetensors")
+OPENCLIP_DIR = os.path.join(F, "openclip_tiny")  # open_clip's hub layout
+OPENCLIP = os.path.join(OPENCLIP_DIR, "open_clip_model.safetensors")
 BV = os.path.join(F, "big_vision_siglip_tiny.npz")
 
 
@@ -72,9 +73,8 @@ def test_url_download_cache_and_offline(tmp_path):
 def test_pretrained_tag_fetches_into_cache_then_works_offline(tmp_path, monkeypatch):
     """A tag resolves by its source names; here its URL base points at a local folder."""
     tag = registry.PretrainedTag(
-        "mmfm-mu-8", "fixture", "openclip", "test/openclip-tiny", ("openclip_tiny.safetensors",),
-        "file://" + F + "/", sha256={"openclip_tiny.safetensors": _sha(OPENCLIP)},
-        overrides={"act": "quick_gelu"})
+        "mmfm-mu-8", "fixture", "openclip", "test/openclip-tiny", ("open_clip_model.safetensors",),
+        "file://" + OPENCLIP_DIR + "/", sha256={"open_clip_model.safetensors": _sha(OPENCLIP)})
     monkeypatch.setitem(registry.PRETRAINED, ("mmfm-mu-8", "fixture"), tag)
     monkeypatch.setitem(registry.ARCHITECTURES, "mmfm-mu-8", lambda: _openclip_tiny_cfg())
     cache = str(tmp_path / "c")
@@ -87,8 +87,8 @@ def test_pretrained_tag_fetches_into_cache_then_works_offline(tmp_path, monkeypa
 
 
 def _openclip_tiny_cfg():
-    from mmfm.zoo.convert import openclip
-    return openclip.infer_config(pretrained.read_safetensors(OPENCLIP), head_width=16)
+    from mmfm.zoo.convert.openclip_config import model_config_from_openclip, read_json
+    return model_config_from_openclip(read_json(os.path.join(OPENCLIP_DIR, "open_clip_config.json"), ""))
 
 
 def test_unknown_tag_lists_valid_tags():

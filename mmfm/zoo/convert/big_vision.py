@@ -42,13 +42,13 @@ def is_big_vision(keys) -> bool:
 
 def infer_config(p: Mapping[str, np.ndarray]) -> ModelConfig:
     if not is_big_vision(p):
-        raise ValueError("not a big_vision two-towers npz: expected 'params/img/embedding/kernel' and "
+        raise common.SourceError("not a big_vision two-towers npz: expected 'params/img/embedding/kernel' and "
                          f"'params/txt/Embed_0/embedding', got keys like {sorted(p)[:5]}")
     kh, _, _, width = p["img/embedding/kernel"].shape
     n_pos = p["img/pos_embedding"].shape[1]
     grid = int(round(n_pos ** 0.5))
     if grid * grid != n_pos:
-        raise ValueError(f"img/pos_embedding has {n_pos} rows: not a square grid (cls-token models "
+        raise common.SourceError(f"img/pos_embedding has {n_pos} rows: not a square grid (cls-token models "
                          "are not supported by this converter)")
     shared = dict(act="gelu_tanh", ln_eps=1e-6)
     blk = "img/Transformer/encoderblock_0"

@@ -16,6 +16,10 @@ from mmfm.models.config import ModelConfig
 Flat = dict[str, np.ndarray]
 
 
+class SourceError(ValueError):
+    """Weights that do not fit the converter or the architecture (the message names the tensor)."""
+
+
 def flatten(tree: Mapping, prefix: str = "") -> Flat:
     """Nested dict -> {'img/encoder/block_0/ln1/scale': array}."""
     out: Flat = {}
@@ -100,15 +104,32 @@ class Source:
     def __getitem__(self, key: str) -> np.ndarray:
         if key not in self.tensors:
             near = sorted(k for k in self.tensors if k.split(".")[0] == key.split(".")[0])[:8]
-            raise KeyError(f"{self.what}: missing tensor {key!r} (keys nearby: {near})")
+            raise SourceError(f"{self.what}: missing tensor {key!r} (keys nearby: {near})")
         self.used.add(key)
         return np.asarray(self.tensors[key])
 
     def check_all_used(self, ignore: tuple[str, ...] = ()) -> None:
         left = sorted(k for k in self.tensors if k not in self.used and not k.startswith(ignore))
         if left:
-            raise ValueError(f"{self.what}: {len(left)} tensor(s) not understood by the converter, "
+            raise SourceError(f"{self.what}: {len(left)} tensor(s) not understood by the converter, "
                              f"e.g. {left[:5]}; is this the right converter/architecture?")
+
+
+def check_source_shapes(tensors: Mapping[str, np.ndarray], expected: Mapping[str, tuple[int, ...]],
+                        arch: str, what: str, ignore: tuple[str, ...] = ()) -> None:
+    """Before any reshape: every tensor the architecture needs is present with its shape, and
+    nothing else is there. Raises naming the first differing tensor and both shapes."""
+    for key, want in expected.items():
+        if key not in tensors:
+            raise SourceError(f"architecture mismatch ({arch}): {what} lacks tensor {key} {want}")
+        got = tuple(np.shape(tensors[key]))
+        if got != tuple(want):
+            raise SourceError(f"architecture mismatch ({arch}): tensor {key} has shape {got} in the "
+                              f"{what} but {tuple(want)} in the architecture")
+    extra = sorted(k for k in tensors if k not in expected and not k.startswith(ignore))
+    if extra:
+        raise SourceError(f"architecture mismatch ({arch}): the {what} has {len(extra)} tensor(s) "
+                          f"the architecture lacks, first {extra[0]} {tuple(np.shape(tensors[extra[0]]))}")
 
 
 def abstract_flat(cfg: ModelConfig) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
@@ -132,15 +153,15 @@ def check_params(flat: Mapping[str, np.ndarray], cfg: ModelConfig, arch: str = "
     want = abstract_flat(cfg)
     for path in sorted(want):
         if path not in flat:
-            raise ValueError(f"architecture mismatch ({arch}): parameter {path} {want[path][0]} is "
+            raise SourceError(f"architecture mismatch ({arch}): parameter {path} {want[path][0]} is "
                              f"missing from the weights")
         got = tuple(np.shape(flat[path]))
         if got != want[path][0]:
-            raise ValueError(f"architecture mismatch ({arch}): parameter {path} has shape {got} in "
+            raise SourceError(f"architecture mismatch ({arch}): parameter {path} has shape {got} in "
                              f"the weights but {want[path][0]} in the model")
     extra = sorted(set(flat) - set(want))
     if extra:
-        raise ValueError(f"architecture mismatch ({arch}): the weights have parameters the model "
+        raise SourceError(f"architecture mismatch ({arch}): the weights have parameters the model "
                          f"lacks, first {extra[0]} {tuple(np.shape(flat[extra[0]]))}")
 
 

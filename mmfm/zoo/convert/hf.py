@@ -68,6 +68,57 @@ def infer_config(config: Mapping[str, Any]) -> ModelConfig:
                      "'siglip' (SiglipModel)")
 
 
+def _layer_shapes(prefix: str, depth: int, width: int, mlp: int) -> dict:
+    out = {}
+    for i in range(depth):
+        s = f"{prefix}.{i}"
+        for ln in ("layer_norm1", "layer_norm2"):
+            out[f"{s}.{ln}.weight"] = out[f"{s}.{ln}.bias"] = (width,)
+        for n in ("q", "k", "v", "out"):
+            out[f"{s}.self_attn.{n}_proj.weight"], out[f"{s}.self_attn.{n}_proj.bias"] = (width, width), (width,)
+        out[f"{s}.mlp.fc1.weight"], out[f"{s}.mlp.fc1.bias"] = (mlp, width), (mlp,)
+        out[f"{s}.mlp.fc2.weight"], out[f"{s}.mlp.fc2.bias"] = (width, mlp), (width,)
+    return out
+
+
+def expected_shapes(cfg: ModelConfig, model_type: str) -> dict[str, tuple[int, ...]]:
+    """Every tensor of a Hugging Face CLIPModel / SiglipModel for `cfg`, with its shape."""
+    im, tx, e = cfg.image, cfg.text, cfg.embed_dim
+    w, tw, v, t = im.width, tx.width, "vision_model", "text_model"
+    clip = model_type == "clip"
+    out = {f"{v}.embeddings.patch_embedding.weight": (w, im.channels, im.patch_size, im.patch_size),
+           f"{v}.embeddings.position_embedding.weight": (im.num_patches + clip, w)}
+    if clip:
+        out[f"{v}.embeddings.class_embedding"] = (w,)
+        out[f"{v}.pre_layrnorm.weight"] = out[f"{v}.pre_layrnorm.bias"] = (w,)
+    else:
+        out[f"{v}.embeddings.patch_embedding.bias"] = (w,)
+    out.update(_layer_shapes(f"{v}.encoder.layers", im.depth, w, im.mlp_dim))
+    out[f"{v}.post_layernorm.weight"] = out[f"{v}.post_layernorm.bias"] = (w,)
+    if not clip:
+        h = f"{v}.head"
+        out[f"{h}.probe"] = (1, 1, w)
+        out[f"{h}.attention.in_proj_weight"], out[f"{h}.attention.in_proj_bias"] = (3 * w, w), (3 * w,)
+        out[f"{h}.attention.out_proj.weight"], out[f"{h}.attention.out_proj.bias"] = (w, w), (w,)
+        out[f"{h}.layernorm.weight"] = out[f"{h}.layernorm.bias"] = (w,)
+        out[f"{h}.mlp.fc1.weight"], out[f"{h}.mlp.fc1.bias"] = (im.mlp_dim, w), (im.mlp_dim,)
+        out[f"{h}.mlp.fc2.weight"], out[f"{h}.mlp.fc2.bias"] = (w, im.mlp_dim), (w,)
+    out[f"{t}.embeddings.token_embedding.weight"] = (tx.vocab_size, tw)
+    out[f"{t}.embeddings.position_embedding.weight"] = (tx.context_length, tw)
+    out.update(_layer_shapes(f"{t}.encoder.layers", tx.depth, tw, tx.mlp_dim))
+    out[f"{t}.final_layer_norm.weight"] = out[f"{t}.final_layer_norm.bias"] = (tw,)
+    if clip:
+        out["visual_projection.weight"], out["text_projection.weight"] = (e, w), (e, tw)
+        out["logit_scale"] = ()
+    else:
+        out[f"{t}.head.weight"], out[f"{t}.head.bias"] = (e, tw), (e,)
+        out["logit_scale"] = out["logit_bias"] = (1,)
+    return out
+
+
+_BUFFERS = ("text_model.embeddings.position_ids", "vision_model.embeddings.position_ids")
+
+
 def _layers(src: common.Source, out: common.Flat, sprefix: str, dprefix: str, depth: int,
             heads: int) -> None:
     for i in range(depth):
@@ -90,10 +141,20 @@ def _ln(src, out, s: str, d: str) -> None:
 
 
 def convert(sd: Mapping[str, np.ndarray], config: Mapping[str, Any],
-            cfg: Optional[ModelConfig] = None) -> tuple[ModelConfig, common.Flat]:
-    """(config, canonical flat mmfm params) from HF tensors and the parsed config.json."""
-    cfg = cfg or infer_config(config)
-    src = common.Source(sd, f"Hugging Face {config.get('model_type')} safetensors")
+            cfg: Optional[ModelConfig] = None, *, arch: Optional[str] = None,
+            where: str = "config.json") -> tuple[ModelConfig, common.Flat]:
+    """(config, canonical flat mmfm params) from HF tensors and the parsed config.json (read from
+    `where`). Every tensor's shape is checked against config.json, and against `cfg` (a registry
+    architecture named `arch`) when given, before anything is reshaped."""
+    own = infer_config(config)
+    what = f"Hugging Face {config.get('model_type')} safetensors"
+    common.check_source_shapes(sd, expected_shapes(own, config.get("model_type")), where, what,
+                               ignore=_BUFFERS)
+    if cfg is not None:
+        common.check_source_shapes(sd, expected_shapes(cfg, config.get("model_type")),
+                                   arch or "the architecture", what, ignore=_BUFFERS)
+    cfg = cfg or own
+    src = common.Source(sd, what)
     out: common.Flat = {}
     v, t = "vision_model", "text_model"
     out["img/embedding/kernel"] = common.conv_kernel(src[f"{v}.embeddings.patch_embedding.weight"])
@@ -125,5 +186,5 @@ def convert(sd: Mapping[str, np.ndarray], config: Mapping[str, Any],
         out["txt/head/kernel"] = common.linear(src[f"{t}.head.weight"])
         out["txt/head/bias"] = src[f"{t}.head.bias"]
         out["b"] = src["logit_bias"].reshape(1)
-    src.check_all_used(ignore=("text_model.embeddings.position_ids", "vision_model.embeddings.position_ids"))
+    src.check_all_used(ignore=_BUFFERS)
     return cfg, out

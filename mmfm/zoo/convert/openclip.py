@@ -3,22 +3,30 @@
 Covers open_clip's native `CLIP` (VisionTransformer + text Transformer, as in ViT-B-32/B-16/L-14
 and OpenAI's weights): conv1 without bias, class token whose position row is the first of
 `positional_embedding`, ln_pre, resblocks with packed `in_proj`, ln_post on every token then the
-cls token, `proj`; the causal text tower pooled at argmax (EOT has the largest id), `ln_final`,
-`text_projection` (a [width, embed] matrix, so no transpose). PyTorch LayerNorm eps is 1e-5.
+cls token, `proj`; the text tower pooled as its config says (argmax for CLIP), `ln_final`,
+`text_projection` (a [width, embed] matrix, so no transpose).
+
+The state dict alone does not say how many heads the towers have or which activation they use, so
+`convert` needs the architecture: a registry name, an open_clip model config, or the
+`open_clip_config.json` of open_clip's hub layout (see openclip_config.py). Every tensor's shape is
+checked against that architecture before anything is reshaped.
 Timm-tower models (open_clip's SigLIP configs, keys `visual.trunk.*`) are not handled here: use the
 Hugging Face or big_vision SigLIP weights.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Optional
+from typing import Mapping
 
 import numpy as np
 
-from mmfm.models.config import ModelConfig, TextConfig, VitConfig
+from mmfm.models.config import ModelConfig
 from mmfm.zoo.convert import common
 
-TORCH_LN_EPS = 1e-5
+NEEDS_CONFIG = ("the weights do not record head counts, activation or LayerNorm eps: pass "
+                "--arch NAME (`mmfm zoo` lists them) or --model_config FILE (an open_clip model "
+                "config JSON), or keep open_clip's hub layout (open_clip_config.json beside "
+                "open_clip_model.safetensors)")
 
 
 def is_openclip(keys) -> bool:
@@ -26,32 +34,53 @@ def is_openclip(keys) -> bool:
     return "visual.conv1.weight" in keys and "token_embedding.weight" in keys
 
 
-def infer_config(sd: Mapping[str, np.ndarray], *, head_width: int = 64, act: str = "gelu") -> ModelConfig:
-    """The ModelConfig implied by the tensor shapes (heads = width // head_width, as open_clip)."""
+def check_is_openclip(sd: Mapping[str, np.ndarray]) -> None:
     if any(k.startswith("visual.trunk.") for k in sd):
-        raise ValueError("open_clip timm-tower checkpoint (visual.trunk.*) is not supported; for "
-                         "SigLIP use the Hugging Face (--from hf) or big_vision (--from big_vision) weights")
+        raise common.SourceError("open_clip timm-tower checkpoint (visual.trunk.*) is not supported; "
+                                 "for SigLIP use the Hugging Face (--from hf) or big_vision "
+                                 "(--from big_vision) weights")
     if not is_openclip(sd):
-        raise ValueError("not an open_clip CLIP state dict: expected 'visual.conv1.weight' and "
-                         f"'token_embedding.weight', got keys like {sorted(sd)[:5]}")
-    conv = np.shape(sd["visual.conv1.weight"])
-    width, patch = conv[0], conv[2]
-    grid = int(round((np.shape(sd["visual.positional_embedding"])[0] - 1) ** 0.5))
-    v_layers = common.count_layers(sd, r"^visual\.transformer\.resblocks\.(\d+)\.")
-    t_layers = common.count_layers(sd, r"^transformer\.resblocks\.(\d+)\.")
-    t_width = np.shape(sd["token_embedding.weight"])[1]
-    shared = dict(act=act, ln_eps=TORCH_LN_EPS)
-    image = VitConfig(width=width, depth=v_layers, heads=max(1, width // head_width),
-                      mlp_dim=np.shape(sd["visual.transformer.resblocks.0.mlp.c_fc.weight"])[0],
-                      image_size=grid * patch, patch_size=patch, pool="cls", patch_bias=False,
-                      ln_pre=True, cls_posemb=True, head_bias=False, **shared)
-    vocab = np.shape(sd["token_embedding.weight"])[0]
-    text = TextConfig(width=t_width, depth=t_layers, heads=max(1, t_width // head_width),
-                      mlp_dim=np.shape(sd["transformer.resblocks.0.mlp.c_fc.weight"])[0],
-                      vocab_size=vocab, context_length=np.shape(sd["positional_embedding"])[0],
-                      causal=True, pool="argmax", mask_pad=False, head_bias=False, eot_id=vocab - 1,
-                      pad_id=0, **shared)
-    return ModelConfig(image=image, text=text, embed_dim=np.shape(sd["visual.proj"])[1]).validate()
+        raise common.SourceError("not an open_clip CLIP state dict: expected 'visual.conv1.weight' and "
+                                 f"'token_embedding.weight', got keys like {sorted(sd)[:5]}")
+
+
+def _block_shapes(prefix: str, depth: int, width: int, mlp: int) -> dict:
+    out = {}
+    for i in range(depth):
+        s = f"{prefix}.{i}"
+        for ln in ("ln_1", "ln_2"):
+            out[f"{s}.{ln}.weight"] = out[f"{s}.{ln}.bias"] = (width,)
+        out[f"{s}.attn.in_proj_weight"], out[f"{s}.attn.in_proj_bias"] = (3 * width, width), (3 * width,)
+        out[f"{s}.attn.out_proj.weight"], out[f"{s}.attn.out_proj.bias"] = (width, width), (width,)
+        out[f"{s}.mlp.c_fc.weight"], out[f"{s}.mlp.c_fc.bias"] = (mlp, width), (mlp,)
+        out[f"{s}.mlp.c_proj.weight"], out[f"{s}.mlp.c_proj.bias"] = (width, mlp), (width,)
+    return out
+
+
+def expected_shapes(cfg: ModelConfig, has_bias: bool) -> dict[str, tuple[int, ...]]:
+    """Every tensor of an open_clip native CLIP state dict for `cfg`, with its shape."""
+    im, tx = cfg.image, cfg.text
+    w, p = im.width, im.patch_size
+    out = {"visual.conv1.weight": (w, im.channels, p, p), "visual.class_embedding": (w,),
+           "visual.positional_embedding": (im.num_patches + 1, w)}
+    if im.ln_pre:
+        out["visual.ln_pre.weight"] = out["visual.ln_pre.bias"] = (w,)
+    out.update(_block_shapes("visual.transformer.resblocks", im.depth, w, im.mlp_dim))
+    out["visual.ln_post.weight"] = out["visual.ln_post.bias"] = (w,)
+    out["visual.proj"] = (w, cfg.embed_dim)
+    tw = tx.width
+    out["token_embedding.weight"] = (tx.vocab_size, tw)
+    out["positional_embedding"] = (tx.context_length, tw)
+    out.update(_block_shapes("transformer.resblocks", tx.depth, tw, tx.mlp_dim))
+    out["ln_final.weight"] = out["ln_final.bias"] = (tw,)
+    if tx.head_bias:  # open_clip's proj_bias makes the projection an nn.Linear
+        out["text_projection.weight"], out["text_projection.bias"] = (cfg.embed_dim, tw), (cfg.embed_dim,)
+    else:
+        out["text_projection"] = (tw, cfg.embed_dim)
+    out["logit_scale"] = ()
+    if has_bias:
+        out["logit_bias"] = ()
+    return out
 
 
 def _blocks(src: common.Source, out: common.Flat, sprefix: str, dprefix: str, depth: int,
@@ -69,31 +98,38 @@ def _blocks(src: common.Source, out: common.Flat, sprefix: str, dprefix: str, de
             out[f"{d}/mlp/{b}/bias"] = src[f"{s}.mlp.{a}.bias"]
 
 
-def convert(sd: Mapping[str, np.ndarray], cfg: Optional[ModelConfig] = None, *,
-            head_width: int = 64, act: str = "gelu") -> tuple[ModelConfig, common.Flat]:
-    """(config, canonical flat mmfm params). `cfg` (e.g. a registry architecture) fixes heads and
-    activation, which the weights alone do not tell; without it they are inferred (open_clip's
-    rule heads = width // head_width, `act`)."""
-    inferred = infer_config(sd, head_width=head_width, act=act)
-    cfg = cfg or inferred
+def convert(sd: Mapping[str, np.ndarray], cfg: ModelConfig, arch: str = "open_clip config"
+            ) -> tuple[ModelConfig, common.Flat]:
+    """(config, canonical flat mmfm params) for the architecture `cfg` (named `arch` in errors)."""
+    if cfg is None:
+        raise common.SourceError(f"open_clip state dict: {NEEDS_CONFIG}")
+    check_is_openclip(sd)
+    has_bias = "logit_bias" in sd
+    common.check_source_shapes(sd, expected_shapes(cfg, has_bias), arch, "open_clip state dict",
+                               ignore=("attn_mask",))
     src = common.Source(sd, "open_clip state dict")
     out: common.Flat = {}
     out["img/embedding/kernel"] = common.conv_kernel(src["visual.conv1.weight"])
     out["img/cls"] = src["visual.class_embedding"].reshape(1, 1, -1)
     out["img/pos_embedding"] = src["visual.positional_embedding"][None]
     for a, b in (("ln_pre", "ln_pre"), ("ln_post", "ln_post")):
-        out[f"img/{b}/scale"] = src[f"visual.{a}.weight"]
-        out[f"img/{b}/bias"] = src[f"visual.{a}.bias"]
-    _blocks(src, out, "visual.transformer.resblocks", "img/encoder", inferred.image.depth, cfg.image.heads)
+        if f"visual.{a}.weight" in src:
+            out[f"img/{b}/scale"] = src[f"visual.{a}.weight"]
+            out[f"img/{b}/bias"] = src[f"visual.{a}.bias"]
+    _blocks(src, out, "visual.transformer.resblocks", "img/encoder", cfg.image.depth, cfg.image.heads)
     out["img/head/kernel"] = src["visual.proj"]
     out["txt/embedding/embedding"] = src["token_embedding.weight"]
     out["txt/pos_embedding"] = src["positional_embedding"][None]
-    _blocks(src, out, "transformer.resblocks", "txt/encoder", inferred.text.depth, cfg.text.heads)
+    _blocks(src, out, "transformer.resblocks", "txt/encoder", cfg.text.depth, cfg.text.heads)
     out["txt/ln_final/scale"] = src["ln_final.weight"]
     out["txt/ln_final/bias"] = src["ln_final.bias"]
-    out["txt/head/kernel"] = src["text_projection"]
+    if cfg.text.head_bias:
+        out["txt/head/kernel"] = common.linear(src["text_projection.weight"])
+        out["txt/head/bias"] = src["text_projection.bias"]
+    else:
+        out["txt/head/kernel"] = src["text_projection"]
     out["t"] = src["logit_scale"].reshape(1)
-    if "logit_bias" in src:
+    if has_bias:
         out["b"] = src["logit_bias"].reshape(1)
         if cfg.init_bias is None:
             cfg = dataclasses.replace(cfg, init_bias=0.0)
