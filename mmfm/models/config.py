@@ -10,7 +10,7 @@ import re
 from typing import Literal, Optional
 
 # name: (width, depth, mlp_dim, heads). big_vision's ViT size table plus the SigLIP shape-optimised
-# So400m. "mu" is for tests only.
+# So400m and SigLIP 2's giant-opt (timm's vit_giantopt). "mu" is for tests only.
 SIZES: dict[str, tuple[int, int, int, int]] = {
     "mu": (32, 2, 128, 2),
     "Ti": (192, 12, 768, 3),
@@ -21,6 +21,7 @@ SIZES: dict[str, tuple[int, int, int, int]] = {
     "So400m": (1152, 27, 4304, 16),
     "H": (1280, 32, 5120, 16),
     "g": (1408, 40, 6144, 16),
+    "gopt": (1536, 40, 6144, 16),
 }
 
 Pool = Literal["cls", "mean", "map", "none"]
@@ -87,8 +88,12 @@ class VitConfig(EncoderConfig):
 
     def validate(self, prefix: str = "model.image") -> None:
         super().validate(prefix)
-        _check(self.patch_size > 0 and self.image_size % self.patch_size == 0, f"{prefix}.patch_size",
-               f"patch size {self.patch_size} does not divide image size {self.image_size}")
+        # A linear stem is a stride-P convolution: like timm's, it drops the last image_size % P
+        # rows and columns (SigLIP So400m/14 at 384 px sees a 27 x 27 grid of 378 px).
+        _check(0 < self.patch_size <= self.image_size and
+               (self.image_size % self.patch_size == 0 or self.stem == "linear"), f"{prefix}.patch_size",
+               f"patch size {self.patch_size} does not divide image size {self.image_size} "
+               f"(only the linear stem drops the remainder)")
         _check(self.pool in ("cls", "mean", "map", "none"), f"{prefix}.pool", f"unknown pool {self.pool!r}")
         _check(self.posemb in ("learn", "sincos2d"), f"{prefix}.posemb", f"unknown posemb {self.posemb!r}")
         _check(self.stem in ("linear", "hmlp", "conv"), f"{prefix}.stem",
@@ -146,6 +151,9 @@ class ModelConfig:
                f"head=False needs embed_dim == image width ({self.embed_dim} != {self.image.width})")
         if self.mae_decoder is not None:
             self.mae_decoder.validate("model.mae_decoder")
+            _check(self.image.image_size % self.image.patch_size == 0, "model.mae_decoder",
+                   f"MAE reconstructs whole images: patch size {self.image.patch_size} must divide "
+                   f"image size {self.image.image_size}")
         _check(self.num_classes >= 0, "model.num_classes", f"must be >= 0, got {self.num_classes}")
         return self
 

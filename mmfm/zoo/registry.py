@@ -4,9 +4,9 @@ An architecture is a function returning a `ModelConfig`; a pretrained tag (`Pret
 where a public release lives (source names), how to convert it, and the preprocessing and tokenizer
 that travel with it. `list_models()` / `list_pretrained()` mirror open_clip.
 
-Parameter counts equal open_clip's exactly (asserted by tests/zoo/test_zoo_registry.py):
-ViT-B-32 151,277,313; ViT-B-16 149,620,737; ViT-L-14 427,616,513; ViT-B-16-SigLIP 203,155,970;
-ViT-SO400M-14-SigLIP 877,360,306.
+Parameter counts equal open_clip's exactly (asserted for every name by tests/zoo/test_zoo_registry.py,
+e.g. ViT-B-32 151,277,313; ViT-B-16-SigLIP 203,155,970; ViT-SO400M-14-SigLIP2 1,135,463,602).
+SigLIP 2 at fixed resolution is SigLIP's architecture with Gemma's 256k-id vocabulary.
 """
 from __future__ import annotations
 
@@ -39,7 +39,8 @@ def _clip(image_variant: str, text_size: str, embed_dim: int, *, image_size: int
 
 def _siglip(image_variant: str, text_size: str, *, image_size: int = 224, vocab_size: int = 32000,
             context_length: int = 64) -> ModelConfig:
-    """SigLIP: no cls token, MAP pooling, no image projection, bidirectional text pooled last."""
+    """SigLIP: no cls token, MAP pooling, no image projection, bidirectional text pooled last.
+    The text head projects to the image width (giant-opt's 1152-wide text to 1536)."""
     common = dict(act="gelu_tanh", ln_eps=1e-6)
     image = vit_config(image_variant, image_size=image_size, pool="map", head=False, **common)
     return ModelConfig(
@@ -58,6 +59,19 @@ def _mmfm(variant: str, image_size: int = 224) -> ModelConfig:
                        embed_dim=image.width)
 
 
+GEMMA_VOCAB = 256_000  # SigLIP 2's multilingual Gemma SentencePiece vocabulary
+# SigLIP 2 at fixed resolution, with open_clip's names: (name, image variant, text size, pixels).
+_SIGLIP2 = [
+    *[(f"ViT-B-16-SigLIP2{sfx}", "B/16", "B", px) for sfx, px in
+      (("", 224), ("-256", 256), ("-384", 384), ("-512", 512))],
+    ("ViT-B-32-SigLIP2-256", "B/32", "B", 256),
+    *[(f"ViT-L-16-SigLIP2-{px}", "L/16", "L", px) for px in (256, 384, 512)],
+    ("ViT-SO400M-14-SigLIP2", "So400m/14", "So400m", 224),
+    ("ViT-SO400M-14-SigLIP2-378", "So400m/14", "So400m", 378),
+    *[(f"ViT-SO400M-16-SigLIP2-{px}", "So400m/16", "So400m", px) for px in (256, 384, 512)],
+    *[(f"ViT-gopt-16-SigLIP2-{px}", "gopt/16", "So400m", px) for px in (256, 384)],
+]
+
 ARCHITECTURES: dict[str, Callable[[], ModelConfig]] = {
     "ViT-B-32": lambda: _clip("B/32", "M", 512, text_heads=8),
     "ViT-B-32-quickgelu": lambda: _clip("B/32", "M", 512, text_heads=8, act="quick_gelu"),
@@ -72,6 +86,8 @@ ARCHITECTURES: dict[str, Callable[[], ModelConfig]] = {
     "ViT-SO400M-14-SigLIP": lambda: _siglip("So400m/14", "So400m", context_length=16),
     "ViT-SO400M-14-SigLIP-384": lambda: _siglip("So400m/14", "So400m", image_size=384,
                                                 context_length=64),
+    **{name: (lambda v=v, t=t, s=s: _siglip(v, t, image_size=s, vocab_size=GEMMA_VOCAB))
+       for name, v, t, s in _SIGLIP2},
     "mmfm-mu-8": lambda: _mmfm("mu/8", image_size=32),
     "mmfm-S-16": lambda: _mmfm("S/16"),
     "mmfm-B-16": lambda: _mmfm("B/16"),
