@@ -119,8 +119,9 @@ def load_model_info(name: str, pretrained: Optional[str] = None, *, overrides: O
     else:
         cfg = arch_cfg
     cfg = registry.apply_overrides(cfg, overrides)
-    if tag is not None:
-        info = ModelInfo(cfg, tag.preprocess, tag.tokenizer, base_dir)
+    if tag is not None:  # files of the release (preprocessor_config.json, tokenizer.json) win
+        pre = src_info["preprocess"] if "preprocessor_config.json" in tag.files else tag.preprocess
+        info = ModelInfo(cfg, pre, src_info.get("tokenizer") or tag.tokenizer, base_dir)
     elif flat is None:
         info = ModelInfo(cfg, sources.default_preprocess(cfg), export_lib.default_tokenizer(cfg))
     else:

@@ -165,12 +165,15 @@ def train_tokenizer(texts: Iterable[str], path: str, *, vocab_size: int = 256,
 
 
 class HFTokenizer(_RowLayout):
-    """A Hugging Face `tokenizer.json` behind the same contract (basic support).
+    """A Hugging Face `tokenizer.json` behind the same contract.
 
-    Rows are `[BOS] pieces [EOT] [PAD]...` with the tokenizer's own special ids, found by their
-    usual names (`<|startoftext|>`/`<s>`/`[CLS]`, `<|endoftext|>`/`</s>`/`[SEP]`, `<pad>`/`[PAD]`,
-    `<mask>`/`[MASK]`) or given as arguments; without a BOS token rows start with the pieces
-    (SigLIP-style). Pad id: argument, else the file's padding config, else `<pad>`, else 0.
+    Rows are `[BOS] pieces [EOT] [PAD]...` with the special tokens the file's own post-processor
+    adds (CLIP's adds `<|startoftext|>` and `<|endoftext|>`; SigLIP 2's Gemma tokenizer only
+    `<eos>`), so rows equal what transformers makes with `padding="max_length", truncation=True`.
+    A file whose post-processor adds none falls back to the usual names (`<|startoftext|>`/`<s>`/
+    `[CLS]`, `<|endoftext|>`/`</s>`/`[SEP]`, `<mask>`/`[MASK]`) or the arguments. Pad id: argument,
+    else the file's padding config, else `<pad>`, else 0. `lowercase` adds a Lowercase step in
+    front of the file's normaliser (as transformers' SigLIP 2 tokenizer does).
     """
 
     _BOS = ("<|startoftext|>", "<s>", "[CLS]", "<bos>")
@@ -186,11 +189,19 @@ class HFTokenizer(_RowLayout):
         self._tok = hf.Tokenizer.from_file(self.path)
         self._tok.no_padding()
         self._tok.no_truncation()
+        if lowercase:
+            from tokenizers import normalizers
+            steps = [normalizers.Lowercase()] + ([self._tok.normalizer] if self._tok.normalizer else [])
+            self._tok.normalizer = normalizers.Sequence(steps)
         padding = self._tok.padding
         self.pad_id = pad_id if pad_id is not None else (
             padding["pad_id"] if padding else self._find(self._PAD, default=0))
-        self.bos_id = bos_id if bos_id is not None else self._find(self._BOS)
-        self.eot_id = eot_id if eot_id is not None else self._find(self._EOT)
+        added_bos, added_eot = self._added_specials()
+        if bos_id is not None or eot_id is not None or added_eot is None:
+            self.bos_id = bos_id if bos_id is not None else self._find(self._BOS)
+            self.eot_id = eot_id if eot_id is not None else self._find(self._EOT)
+        else:
+            self.bos_id, self.eot_id = added_bos, added_eot
         if self.eot_id is None:
             raise ValueError(f"{path}: no end-of-text token found; pass eot_id=")
         self.mask_id = mask_id if mask_id is not None else self._find(self._MASK)
@@ -198,6 +209,16 @@ class HFTokenizer(_RowLayout):
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
         self.special_ids = tuple(sorted({i for i in (self.pad_id, self.bos_id, self.eot_id,
                                                      self.mask_id) if i is not None}))
+
+    def _added_specials(self) -> tuple[int | None, int | None]:
+        """(bos, eot) that the post-processor puts around a text, None where it adds nothing."""
+        plain = self._tok.encode("a", add_special_tokens=False).ids
+        full = self._tok.encode("a", add_special_tokens=True).ids
+        if len(full) == len(plain) or not plain:
+            return None, None
+        start = next(i for i in range(len(full)) if full[i:i + len(plain)] == plain)
+        before, after = full[:start], full[start + len(plain):]
+        return (before[-1] if before else None), (after[-1] if after else None)
 
     def _find(self, names, default=None):
         for name in names:
@@ -208,12 +229,7 @@ class HFTokenizer(_RowLayout):
 
     def encode(self, text: str) -> list[int]:
         """Piece ids of one text, without the tokenizer's BOS/EOT."""
-        ids = self._tok.encode(text.lower() if self.lowercase else text).ids
-        if ids and self.bos_id is not None and ids[0] == self.bos_id:
-            ids = ids[1:]
-        if ids and ids[-1] == self.eot_id:
-            ids = ids[:-1]
-        return ids
+        return self._tok.encode(text, add_special_tokens=False).ids
 
     def _decode_pieces(self, ids: list[int]) -> str:
         return self._tok.decode(ids)

@@ -225,6 +225,19 @@ def _hf_siglip(arch: str, tag: str, repo: str, size: int, ctx: int) -> Pretraine
                          tokenizer=TokenizerSpec("siglip", "spiece.model", ctx, True, pad_id=1))
 
 
+_HF_SIGLIP2_FILES = ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json",
+                     "preprocessor_config.json")
+
+
+def _hf_siglip2(arch: str, repo: str, size: int) -> PretrainedTag:
+    """SigLIP 2 (fixed resolution) from Hugging Face: a SiglipModel with Gemma's tokenizer.json.
+    The preprocessing and tokenizer actually used are read from the downloaded files; these
+    values document them."""
+    return PretrainedTag(arch, "webli", "hf", repo, _HF_SIGLIP2_FILES, _HF.format(repo),
+                         preprocess=dataclasses.replace(_SIGLIP_PRE, image_size=size, interpolation="bilinear"),
+                         tokenizer=TokenizerSpec("hf", "tokenizer.json", 64, True, pad_id=0))
+
+
 def _bv_siglip(arch: str, tag: str, npz: str, size: int, ctx: int) -> PretrainedTag:
     return PretrainedTag(arch, tag, "big_vision", "gs://big_vision/siglip/" + npz, (npz,), None,
                          preprocess=dataclasses.replace(_SIGLIP_PRE, image_size=size),
@@ -248,6 +261,18 @@ PRETRAINED: dict[tuple[str, str], PretrainedTag] = {(t.arch, t.tag): t for t in 
     _hf_siglip("ViT-SO400M-14-SigLIP", "webli", "google/siglip-so400m-patch14-224", 224, 16),
     _bv_siglip("ViT-B-16-SigLIP", "bv-webli", "webli_en_b16_224_63724782.npz", 224, 64),
     _bv_siglip("ViT-SO400M-14-SigLIP", "bv-webli", "webli_en_so400m_224_57633886.npz", 224, 16),
+    *(_hf_siglip2(arch, f"google/siglip2-{repo}", size) for arch, repo, size in (
+        ("ViT-B-16-SigLIP2", "base-patch16-224", 224), ("ViT-B-16-SigLIP2-256", "base-patch16-256", 256),
+        ("ViT-B-16-SigLIP2-384", "base-patch16-384", 384), ("ViT-B-16-SigLIP2-512", "base-patch16-512", 512),
+        ("ViT-B-32-SigLIP2-256", "base-patch32-256", 256),
+        ("ViT-L-16-SigLIP2-256", "large-patch16-256", 256), ("ViT-L-16-SigLIP2-384", "large-patch16-384", 384),
+        ("ViT-L-16-SigLIP2-512", "large-patch16-512", 512),
+        ("ViT-SO400M-14-SigLIP2", "so400m-patch14-224", 224),
+        ("ViT-SO400M-16-SigLIP2-256", "so400m-patch16-256", 256),
+        ("ViT-SO400M-16-SigLIP2-384", "so400m-patch16-384", 384),
+        ("ViT-SO400M-16-SigLIP2-512", "so400m-patch16-512", 512),
+        ("ViT-gopt-16-SigLIP2-256", "giant-opt-patch16-256", 256),
+        ("ViT-gopt-16-SigLIP2-384", "giant-opt-patch16-384", 384))),
 )}
 
 

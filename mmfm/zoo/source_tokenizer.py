@@ -29,18 +29,24 @@ class TokenizerNotFound(FileNotFoundError):
     """No tokenizer file for a model; the message lists the places searched."""
 
 
-def _special_token(base_dir: str, key: str) -> Optional[str]:
-    """A special token's text from tokenizer_config.json / special_tokens_map.json, if given."""
+def _config_value(base_dir: str, key: str, default=None):
+    """A value from special_tokens_map.json or tokenizer_config.json, if either gives it."""
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
         path = os.path.join(base_dir, name)
         if os.path.isfile(path):
             with open(path, encoding="utf-8") as f:
                 value = json.load(f).get(key)
-            if isinstance(value, dict):
-                value = value.get("content")
-            if isinstance(value, str):
+            if value is not None:
                 return value
-    return None
+    return default
+
+
+def _special_token(base_dir: str, key: str) -> Optional[str]:
+    """A special token's text (a string or an AddedToken dict), if the configs give it."""
+    value = _config_value(base_dir, key)
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
 
 
 def _pad_id(base_dir: str, kind: str, file: str) -> Optional[int]:
@@ -74,8 +80,10 @@ def spec_for_file(path: str, family: str, context_length: int) -> TokenizerSpec:
     pad = _pad_id(base, kind, name)
     if kind == "siglip" and pad is None:
         pad = 1  # SigLIP pads with EOS, as Hugging Face's SiglipTokenizer does
-    # A tokenizer.json carries its own normaliser (CLIP's lowercases); SentencePiece models do not.
-    return TokenizerSpec(kind, name, context_length, lowercase=kind != "hf", pad_id=pad)
+    # A tokenizer.json carries its own normaliser (CLIP's lowercases); tokenizer_config.json's
+    # do_lower_case adds lowercasing (SigLIP 2). SentencePiece models get SigLIP's canonicalisation.
+    lowercase = bool(_config_value(base, "do_lower_case", False)) if kind == "hf" else True
+    return TokenizerSpec(kind, name, context_length, lowercase=lowercase, pad_id=pad)
 
 
 def find_tokenizer(base_dir: str, cfg: ModelConfig, family: str, *, explicit: Optional[str] = None,

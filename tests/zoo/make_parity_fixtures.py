@@ -218,8 +218,64 @@ def make_hf_siglip():
     return model, cfg
 
 
-def write_big_vision_npz(model, cfg) -> None:
-    """The HF SigLIP weights in big_vision's two_towers npz naming (same math, different layout)."""
+def make_gemma_tokenizer(d: str):
+    """A small Gemma-style tokenizer as SigLIP 2's Hugging Face checkpoints carry it: a byte-fallback
+    SentencePiece BPE (pad 0, eos 1, bos 2, unk 3) as tokenizer.model + tokenizer.json, no BOS, a
+    sticky EOS, right padding with <pad>, lowercased (do_lower_case), as transformers' SigLIP 2
+    conversion sets it up."""
+    import sentencepiece as spm
+    from transformers import GemmaTokenizer
+
+    corpus = [s for s in TOKENIZER_STRINGS if s.strip()] * 3
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus), model_writer=buf, vocab_size=1000, model_type="bpe",
+        hard_vocab_limit=False, character_coverage=1.0, byte_fallback=True, split_digits=True,
+        pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>",
+        bos_piece="<bos>", unk_piece="<unk>", allow_whitespace_only_pieces=True,
+        remove_extra_whitespaces=False, normalization_rule_name="identity", minloglevel=2, num_threads=1)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "tokenizer.model"), "wb") as f:
+        f.write(buf.getvalue())
+    kw = dict(add_bos_token=False, add_eos_token=True, padding_side="right", do_lower_case=True,
+              model_input_names=["input_ids"])
+    GemmaTokenizer.from_pretrained(d, **kw).save_pretrained(d)  # writes tokenizer.json
+    from transformers.models.siglip2.tokenization_siglip2 import Siglip2Tokenizer
+    return Siglip2Tokenizer.from_pretrained(d, **kw)  # Gemma + lowercasing: the reference
+
+
+def make_hf_siglip2():
+    """SigLIP 2 at fixed resolution is a SiglipModel with Gemma's tokenizer. 36 px images with
+    8 px patches: the stride-8 patch convolution drops the last 4 rows and columns."""
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
+
+    d = os.path.join(OUT, "hf_siglip2_tiny")
+    shutil.rmtree(d, ignore_errors=True)
+    tok = make_gemma_tokenizer(d)
+    common = dict(hidden_size=W, intermediate_size=MLP, num_hidden_layers=LAYERS,
+                  num_attention_heads=HEADS)
+    cfg = SiglipConfig(text_config=dict(vocab_size=len(tok), max_position_embeddings=CTX,
+                                        pad_token_id=0, eos_token_id=1, bos_token_id=2, **common),
+                       vision_config=dict(image_size=36, patch_size=PATCH, **common))
+    model = SiglipModel(cfg).eval()
+    perturb_(model, 4)
+    model.save_pretrained(d)
+    SiglipImageProcessor(size={"height": 36, "width": 36}).save_pretrained(d)
+    rng = np.random.default_rng(5)
+    images = rng.normal(size=(N_IMG, 3, 36, 36)).astype(np.float32)
+    tokens = np.asarray(tok(["A photo of a CAT.", "two dogs", "x" * 300, ""], padding="max_length",
+                            max_length=CTX, truncation=True)["input_ids"], np.int64)
+    with torch.no_grad():
+        out = model(input_ids=torch.from_numpy(tokens), pixel_values=torch.from_numpy(images))
+    save_ref("hf_siglip2_tiny", images, tokens, out.image_embeds.numpy(), out.text_embeds.numpy(),
+             out.logits_per_image.numpy())
+    ids = np.asarray(tok(TOKENIZER_STRINGS, padding="max_length", max_length=64, truncation=True)["input_ids"], np.int32)
+    return model, cfg, ids
+
+
+def write_big_vision_npz(model, cfg, name: str = "big_vision_siglip_tiny") -> None:
+    """The HF SigLIP weights in big_vision's two_towers npz naming (same math, different layout;
+    SigLIP 2's fixed-resolution checkpoints use the same layout as SigLIP's)."""
     sd = {k: v.numpy() for k, v in model.state_dict().items()}
     out = {}
 
@@ -274,7 +330,7 @@ def write_big_vision_npz(model, cfg) -> None:
     out["params/txt/head/bias"] = sd[f"{t}.head.bias"]
     out["params/t"] = sd["logit_scale"].reshape(1)
     out["params/b"] = sd["logit_bias"].reshape(1)
-    np.savez(os.path.join(OUT, "big_vision_siglip_tiny.npz"), **out)
+    np.savez(os.path.join(OUT, f"{name}.npz"), **out)
 
 
 def make_spiece() -> str:
@@ -295,7 +351,7 @@ def make_spiece() -> str:
     return sp_path
 
 
-def make_tokenizer_fixtures(sp_path: str) -> None:
+def make_tokenizer_fixtures(sp_path: str, gemma_ids) -> None:
     import open_clip
     from transformers import CLIPTokenizer, SiglipTokenizer
 
@@ -313,7 +369,7 @@ def make_tokenizer_fixtures(sp_path: str) -> None:
         json.dump(TOKENIZER_STRINGS, f, ensure_ascii=False, indent=0)
     np.savez(os.path.join(OUT, "tokenizer_ref.npz"), clip_bpe=clip_ids, siglip=siglip_ids,
              siglip_pad_id=np.int32(tok.pad_token_id), siglip_eos_id=np.int32(tok.eos_token_id),
-             small_clip_openclip=small_ids, small_clip_hf=hf_ids)
+             small_clip_openclip=small_ids, small_clip_hf=hf_ids, gemma_siglip2=gemma_ids)
 
 
 def main() -> None:
@@ -330,7 +386,9 @@ def main() -> None:
     make_hf_clip()
     model, cfg = make_hf_siglip()
     write_big_vision_npz(model, cfg)
-    make_tokenizer_fixtures(sp_path)
+    model2, cfg2, gemma_ids = make_hf_siglip2()
+    write_big_vision_npz(model2, cfg2, "big_vision_siglip2_tiny")
+    make_tokenizer_fixtures(sp_path, gemma_ids)
     with open(os.path.join(OUT, "versions.json"), "w") as f:
         json.dump({"torch": torch.__version__, "open_clip": open_clip.__version__,
                    "transformers": transformers.__version__}, f, indent=1)

@@ -23,11 +23,17 @@ SOURCES = [
     ("hf_clip_tiny", "hf_clip_tiny"),
     ("hf_siglip_tiny", "hf_siglip_tiny"),
     ("big_vision_siglip_tiny.npz", "hf_siglip_tiny"),
+    # SigLIP 2 at fixed resolution: a SiglipModel with Gemma's tokenizer; 36 px at patch 8
+    ("hf_siglip2_tiny", "hf_siglip2_tiny"),
+    ("big_vision_siglip2_tiny.npz", "hf_siglip2_tiny"),
 ]
 
 
 def _outputs(model, params, ref):
-    img = np.asarray(mmfm.encode_image(model, params, ref["images_nhwc"]), np.float32)
+    # A big_vision npz records only the patch grid, so it loads at grid * patch pixels (32 for the
+    # 36 px SigLIP 2 fixture); the dropped rows and columns never reach the patch convolution.
+    size = model.cfg.image.image_size
+    img = np.asarray(mmfm.encode_image(model, params, ref["images_nhwc"][:, :size, :size]), np.float32)
     txt = np.asarray(mmfm.encode_text(model, params, ref["tokens"]), np.float32)
     logits = np.exp(np.float32(params["t"][0])) * img @ txt.T
     if "b" in params:
@@ -101,3 +107,22 @@ def test_converted_export_roundtrip_via_cli(tmp_path):
     assert (pre.pre.mean, pre.pre.resize_mode) == ((0.5, 0.5, 0.5), "squash")
     tok = mmfm.get_tokenizer(str(tmp_path / "exp"))
     assert tok("A photo.", 16).shape == (1, 16)
+
+
+def test_siglip2_converts_with_its_gemma_tokenizer(tmp_path):
+    """`mmfm convert` of a SigLIP 2 directory: parity, and the Gemma tokenizer (tokenizer.json,
+    lowercased, sticky EOS, <pad> padding) equal to transformers' Siglip2Tokenizer on 60 strings."""
+    import json
+    from mmfm.cli import convert_main
+    convert_main(["--from", "hf", os.path.join(F, "hf_siglip2_tiny"), "--out", str(tmp_path / "exp")])
+    model, params = mmfm.create_model(str(tmp_path / "exp"))
+    ref = np.load(os.path.join(F, "hf_siglip2_tiny_ref.npz"))
+    img, txt, logits = _outputs(model, params, ref)
+    assert np.abs(img - ref["img_emb"]).max() <= 1e-5 and np.abs(logits - ref["logits"]).max() <= 1e-4
+    assert model.cfg.image.grid == 4  # 36 px at patch 8: the remainder is dropped, as in transformers
+    strings = json.load(open(os.path.join(F, "tokenizer_strings.json"), encoding="utf-8"))
+    want = np.load(os.path.join(F, "tokenizer_ref.npz"))["gemma_siglip2"]
+    for src in (os.path.join(F, "hf_siglip2_tiny"), str(tmp_path / "exp")):
+        np.testing.assert_array_equal(mmfm.get_tokenizer(src)(strings, 64), want)
+    tok = mmfm.get_tokenizer(str(tmp_path / "exp"))
+    np.testing.assert_array_equal(tok(["A photo of a CAT.", "two dogs", "x" * 300, ""], 16), ref["tokens"])

@@ -1,4 +1,5 @@
 """Weight sources: sha256, truncation, pickle refusal, architecture mismatch, cache and offline."""
+import dataclasses
 import hashlib
 import os
 import pickle
@@ -9,6 +10,7 @@ import pytest
 
 import mmfm.api as mmfm
 from mmfm.zoo import pretrained, registry
+from mmfm.zoo.convert import hf
 
 F = os.path.join(os.path.dirname(__file__), "fixtures")
 OPENCLIP_DIR = os.path.join(F, "openclip_tiny")  # open_clip's hub layout
@@ -84,6 +86,27 @@ def test_pretrained_tag_fetches_into_cache_then_works_offline(tmp_path, monkeypa
     assert np.abs(img - ref["img_emb"]).max() <= 1e-5
     mmfm.create_model("mmfm-mu-8", pretrained="fixture", cache_dir=cache, offline=True)
     assert ("mmfm-mu-8", "fixture") in mmfm.list_pretrained()
+
+
+def test_siglip2_tag_reads_preprocessing_and_tokenizer_from_its_files(tmp_path, monkeypatch):
+    """A SigLIP 2 tag fetches the release's files (here from a local folder) and takes the
+    preprocessing and Gemma tokenizer from preprocessor_config.json and tokenizer.json."""
+    import json
+    src = os.path.join(F, "hf_siglip2_tiny")
+    tag = dataclasses.replace(registry.PRETRAINED[("ViT-B-16-SigLIP2", "webli")], url_base="file://" + src + "/",
+                              arch="mmfm-mu-8", tag="fixture2")
+    monkeypatch.setitem(registry.PRETRAINED, ("mmfm-mu-8", "fixture2"), tag)
+    with open(os.path.join(src, "config.json")) as f:
+        cfg = hf.infer_config(json.load(f))
+    monkeypatch.setitem(registry.ARCHITECTURES, "mmfm-mu-8", lambda: cfg)
+    model, params, _, pre = mmfm.create_model_and_transforms("mmfm-mu-8", pretrained="fixture2",
+                                                             cache_dir=str(tmp_path / "c"))
+    assert (pre.pre.image_size, pre.pre.interpolation) == (36, "bicubic")  # SiglipImageProcessor's
+    ref = np.load(os.path.join(F, "hf_siglip2_tiny_ref.npz"))
+    img = np.asarray(mmfm.encode_image(model, params, ref["images_nhwc"]))
+    assert np.abs(img - ref["img_emb"]).max() <= 1e-5
+    tok = mmfm.load_eval_model("mmfm-mu-8", "fixture2").tokenizer
+    np.testing.assert_array_equal(tok(["A photo of a CAT."], 16), ref["tokens"][:1])
 
 
 def _openclip_tiny_cfg():
