@@ -273,12 +273,39 @@ _ENC: dict[Any, Any] = {}
 def _encoder(model: TwoTower, method: str):
     key = (id(model), method)
     if key not in _ENC:
-        _ENC[key] = jax.jit(lambda p, x: model.apply({"params": p}, x, method=getattr(model, method))[0])
+        if method == "naflex":
+            def run(p, x):
+                return model.apply({"params": p}, x["patches"], spatial_shapes=x["spatial_shapes"],
+                                   patch_valid=x["patch_valid"], method=model.encode_image)[0]
+            _ENC[key] = jax.jit(run)
+        else:
+            _ENC[key] = jax.jit(lambda p, x: model.apply({"params": p}, x, method=getattr(model, method))[0])
     return _ENC[key]
 
 
+def _naflex_batch(model: TwoTower, images) -> dict:
+    """NaFlex input from a batch dict, a list of preprocessed dicts, or a list of raw images
+    (each resized at its own aspect ratio with the model's preprocessing)."""
+    from mmfm.data import naflex
+
+    if naflex.is_naflex_input(images):
+        return {k: jnp.asarray(v) for k, v in images.items() if k in naflex.NAFLEX_KEYS}
+    if not isinstance(images, (list, tuple)):
+        raise ValueError("a NaFlex model takes a list of images (any sizes), a list of its "
+                         "preprocess outputs, or their batch dict (patches, spatial_shapes, patch_valid)")
+    if not all(naflex.is_naflex_input(x) for x in images):
+        transform = ImageTransform(model_info(model).preprocess)
+        images = [x if naflex.is_naflex_input(x) else transform(x) for x in images]
+    return {k: jnp.asarray(v) for k, v in naflex.stack(images).items()}
+
+
 def encode_image(model: TwoTower, params, images) -> jax.Array:
-    """Normalised float images [batch, H, W, 3] (from preprocess_eval) -> L2-normalised [batch, D]."""
+    """Normalised float images [batch, H, W, 3] (from preprocess_eval) -> L2-normalised [batch, D].
+
+    NaFlex models (SigLIP 2 NaFlex) take a list of images of any sizes (raw, or their
+    preprocess_eval outputs), or the batch dict of mmfm.data.naflex.stack."""
+    if model.cfg.image.naflex:
+        return _encoder(model, "naflex")(params, _naflex_batch(model, images))
     images = jnp.asarray(images, jnp.float32)
     if images.ndim != 4 or images.shape[-1] != model.cfg.image.channels:
         raise ValueError(f"images must be [batch, H, W, {model.cfg.image.channels}], got {images.shape}")

@@ -30,6 +30,36 @@ def patch_mask(rng: Array, batch: int, num_patches: int, ratio: float) -> tuple[
     return keep_idx, mask
 
 
+def patch_mask_valid(rng: Array, valid: Array, ratio: float) -> tuple[Array, Array, Array]:
+    """Patch dropping for padded (NaFlex) batches: only real patches are ever kept or removed.
+
+    valid bool [batch, patches] marks real patches. Each image keeps `num_kept(its real patches)`
+    of its own real patches, uniformly without replacement; the static number of kept slots is
+    `num_kept(patches, ratio)`, and slots an image cannot fill are marked invalid.
+
+    Returns keep_idx int32 [batch, kept] (an image's kept patches first, in raster order),
+    keep_valid bool [batch, kept] (which slots hold a kept real patch: the encoder masks the
+    rest) and mask float32 [batch, patches] with 1 = a real patch removed (MAE's targets; 0 for
+    kept patches and for padding, so padding is never reconstructed).
+    """
+    valid = valid.astype(bool)
+    batch, n = valid.shape
+    kept = num_kept(n, ratio)
+    # num_kept of every possible real count, looked up: the same rounding as the static count
+    table = jnp.asarray([0] + [min(num_kept(r, ratio), kept) for r in range(1, n + 1)], jnp.int32)
+    n_keep = table[valid.sum(axis=1)]
+    noise = jnp.where(valid, jax.random.uniform(rng, (batch, n)), 2.0)  # padding sorts last
+    chosen = jnp.argsort(noise, axis=1)[:, :kept].astype(jnp.int32)
+    slot_valid = jnp.arange(kept)[None, :] < n_keep[:, None]
+    # raster order among the kept real patches, the unused slots after them
+    order = jnp.argsort(jnp.where(slot_valid, chosen, n + chosen), axis=1)
+    keep_idx = jnp.take_along_axis(chosen, order, axis=1)
+    keep_valid = jnp.take_along_axis(slot_valid, order, axis=1)
+    kept_real = jax.vmap(lambda i, v: jnp.zeros((n,), bool).at[i].max(v))(keep_idx, keep_valid)
+    mask = (valid & ~kept_real).astype(jnp.float32)
+    return keep_idx, keep_valid, mask
+
+
 def token_mask(rng: Array, tokens: Array, ratio: float, *, mask_id: int, special_ids: Sequence[int],
                vocab_size: int, random_frac: float = 0.1, keep_frac: float = 0.1) -> tuple[Array, Array]:
     """MLM masking that never touches padding or special tokens (BERT's 80/10/10 recipe).

@@ -77,6 +77,9 @@ class VitConfig(EncoderConfig):
     cls_posemb: bool = False  # CLIP: the position table also covers the cls token (N+1 rows)
     head: bool = True  # project to embed_dim; False (SigLIP/timm) requires embed_dim == width
     head_bias: bool = True
+    # NaFlex (SigLIP 2): inputs are padded patch sequences of any aspect ratio; the learned position
+    # grid (image_size / patch_size a side) is resized to each image's grid (models/naflex.py).
+    naflex: bool = False
 
     @property
     def grid(self) -> int:
@@ -100,6 +103,8 @@ class VitConfig(EncoderConfig):
                f"unknown stem {self.stem!r}; valid: linear, hmlp, conv")
         _check(not self.cls_posemb or (self.pool == "cls" and self.posemb == "learn"), f"{prefix}.cls_posemb",
                "needs pool='cls' and posemb='learn'")
+        _check(not self.naflex or (self.stem == "linear" and self.posemb == "learn"), f"{prefix}.naflex",
+               "needs stem='linear' and posemb='learn' (a learned grid to resize)")
 
 
 @dataclasses.dataclass(frozen=True)

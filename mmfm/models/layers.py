@@ -162,17 +162,18 @@ class Encoder(nn.Module):
 class MapHead(nn.Module):
     """Multihead attention pooling (big_vision MAP): a learned probe attends over the tokens.
 
-    x: [batch, seq, width] -> [batch, width].
+    x: [batch, seq, width] -> [batch, width]; `mask` [batch, 1, 1, seq] (True = attend) keeps
+    padding out of the pooling.
     """
     cfg: EncoderConfig
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, mask: Optional[Array] = None) -> Array:
         cfg = self.cfg
         probe = self.param("probe", nn.with_logical_partitioning(
             nn.initializers.xavier_uniform(), (None, None, sh.EMBED)), (1, 1, cfg.width),
             dtype_of(cfg.param_dtype))
         probe = jnp.tile(probe.astype(x.dtype), (x.shape[0], 1, 1))
-        x = Attention(cfg, name="attn")(probe, x)
+        x = Attention(cfg, name="attn")(probe, x, mask=mask)
         x = x + Mlp(cfg, name="mlp")(layer_norm(cfg, "ln")(x))
         return x[:, 0]

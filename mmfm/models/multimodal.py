@@ -51,9 +51,13 @@ class TwoTower(nn.Module):
                     nn.initializers.zeros_init(), (sh.EMBED, None)),
                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (None,)))
 
-    def encode_image(self, images: Array, *, keep_idx: Optional[Array] = None, train: bool = False):
-        """images [batch, H, W, C] (normalised floats) -> (L2-normalised [batch, embed_dim], out)."""
-        emb, out = self.img(images, keep_idx=keep_idx, train=train)
+    def encode_image(self, images: Array, *, keep_idx: Optional[Array] = None, train: bool = False,
+                     spatial_shapes: Optional[Array] = None, patch_valid: Optional[Array] = None,
+                     keep_valid: Optional[Array] = None):
+        """images [batch, H, W, C] (normalised floats), or NaFlex patches [batch, max_patches,
+        P*P*C] with spatial_shapes / patch_valid -> (L2-normalised [batch, embed_dim], out)."""
+        emb, out = self.img(images, keep_idx=keep_idx, train=train, spatial_shapes=spatial_shapes,
+                            patch_valid=patch_valid, keep_valid=keep_valid)
         return l2_normalize(emb), out
 
     def classify(self, images: Array, *, train: bool = False) -> Array:

@@ -85,6 +85,12 @@ def hf_preprocess(base_dir: str, cfg: ModelConfig) -> Preprocess:
     if not os.path.isfile(path):
         return default
     p = _read_json(path)
+    if "max_num_patches" in p:  # Siglip2ImageProcessor (NaFlex): aspect ratio kept, patch budget
+        return Preprocess(image_size=cfg.image.image_size, mean=tuple(p.get("image_mean", default.mean)),
+                          std=tuple(p.get("image_std", default.std)),
+                          interpolation=_RESAMPLE.get(p.get("resample"), "bilinear"), resize_mode="squash",
+                          max_num_patches=int(p["max_num_patches"]),
+                          patch_size=int(p.get("patch_size", cfg.image.patch_size)))
     size = p.get("crop_size") if p.get("do_center_crop") else p.get("size")
     if isinstance(size, dict):
         size = size.get("height") or size.get("shortest_edge")
@@ -165,7 +171,7 @@ def convert_source(path: str, converter: Optional[str] = None, cfg: Optional[Mod
             raise WeightsError(f"{path}: model.safetensors not found (sharded checkpoints are not "
                                "supported yet)")
         model_cfg, flat = hf.convert(read_safetensors(st), config, cfg, arch=arch, where=cfg_path)
-        family = "siglip" if config.get("model_type") == "siglip" else "clip"
+        family = "siglip" if config.get("model_type") in ("siglip", "siglip2") else "clip"
         return model_cfg, flat, {"hf_config": config, "preprocess": hf_preprocess(path, model_cfg),
                                  **_tokenizer_info(path, model_cfg, family, tokenizer)}
     weights = _single(path, ".npz")

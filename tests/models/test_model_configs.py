@@ -137,7 +137,9 @@ def test_scan_and_loop_have_equal_counts_and_stacked_layout():
 
 @pytest.mark.parametrize("bad, key", [
     (dict(image=dict(variant="mu", width=30, heads=4)), "model.image.heads"),
-    (dict(image=dict(variant="mu", image_size=30, patch_size=8)), "model.image.patch_size"),
+    # a patch that does not divide the image: only the linear stem drops the remainder (as timm)
+    (dict(image=dict(variant="mu", image_size=30, patch_size=8, stem="hmlp")), "model.image.patch_size"),
+    (dict(image=dict(variant="mu", image_size=4, patch_size=8)), "model.image.patch_size"),
     (dict(text=dict(variant="mu", pool="cls")), "model.text.pool"),
     (dict(image=dict(variant="XL")), "unknown model size"),
     (dict(image=dict(variant="mu", colour=1)), "model.image: unknown key"),

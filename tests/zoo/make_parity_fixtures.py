@@ -273,6 +273,59 @@ def make_hf_siglip2():
     return model, cfg, ids
 
 
+NAFLEX_SHAPES = {"wide": (24, 72), "tall": (72, 24), "square": (40, 40)}  # 3:1, 1:3, 1:1 (h, w)
+NAFLEX_BUDGETS = (16, 6)
+
+
+def make_hf_siglip2_naflex() -> None:
+    """Siglip2Model (NaFlex): a 4 x 4 learned position grid at patch 8, images at three aspect
+    ratios through Siglip2ImageProcessor at two max_num_patches. Reference embeddings are taken
+    both in one mixed batch and one image at a time."""
+    from transformers import Siglip2Config, Siglip2ImageProcessor, Siglip2Model
+
+    d = os.path.join(OUT, "hf_siglip2_naflex_tiny")
+    shutil.rmtree(d, ignore_errors=True)
+    tok = make_gemma_tokenizer(d)
+    common = dict(hidden_size=W, intermediate_size=MLP, num_hidden_layers=LAYERS,
+                  num_attention_heads=HEADS)
+    cfg = Siglip2Config(text_config=dict(vocab_size=len(tok), max_position_embeddings=CTX,
+                                         pad_token_id=0, eos_token_id=1, bos_token_id=2, **common),
+                        vision_config=dict(num_patches=16, patch_size=PATCH, **common))
+    model = Siglip2Model(cfg).eval()
+    perturb_(model, 6)
+    model.save_pretrained(d)
+    rng = np.random.default_rng(7)
+    raw = {k: rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8) for k, (h, w) in NAFLEX_SHAPES.items()}
+    texts = ["A photo of a CAT.", "two dogs", "x" * 300]
+    tokens = np.asarray(tok(texts, padding="max_length", max_length=CTX, truncation=True)["input_ids"], np.int64)
+    ref = {f"raw_{k}": v for k, v in raw.items()}
+    ref["tokens"] = tokens.astype(np.int32)
+    for budget in NAFLEX_BUDGETS:
+        proc = Siglip2ImageProcessor(patch_size=PATCH, max_num_patches=budget)
+        if budget == NAFLEX_BUDGETS[0]:
+            proc.save_pretrained(d)
+        batch = proc(images=[raw[k] for k in NAFLEX_SHAPES], return_tensors="pt")
+        with torch.no_grad():
+            out = model(input_ids=torch.from_numpy(tokens), pixel_values=batch["pixel_values"],
+                        pixel_attention_mask=batch["pixel_attention_mask"],
+                        spatial_shapes=batch["spatial_shapes"])
+            alone = []
+            for k in NAFLEX_SHAPES:
+                one = proc(images=[raw[k]], return_tensors="pt")
+                alone.append(model.get_image_features(
+                    pixel_values=one["pixel_values"], pixel_attention_mask=one["pixel_attention_mask"],
+                    spatial_shapes=one["spatial_shapes"]).pooler_output)
+            alone = torch.nn.functional.normalize(torch.cat(alone), dim=-1)
+        ref[f"b{budget}_patches"] = batch["pixel_values"].numpy()
+        ref[f"b{budget}_valid"] = batch["pixel_attention_mask"].numpy().astype(bool)
+        ref[f"b{budget}_spatial"] = batch["spatial_shapes"].numpy().astype(np.int32)
+        ref[f"b{budget}_img_emb"] = out.image_embeds.numpy()
+        ref[f"b{budget}_img_emb_alone"] = alone.numpy()
+        ref[f"b{budget}_logits"] = out.logits_per_image.numpy()
+        ref["txt_emb"] = out.text_embeds.numpy()
+    np.savez(os.path.join(OUT, "hf_siglip2_naflex_tiny_ref.npz"), **ref)
+
+
 def write_big_vision_npz(model, cfg, name: str = "big_vision_siglip_tiny") -> None:
     """The HF SigLIP weights in big_vision's two_towers npz naming (same math, different layout;
     SigLIP 2's fixed-resolution checkpoints use the same layout as SigLIP's)."""
@@ -388,6 +441,7 @@ def main() -> None:
     write_big_vision_npz(model, cfg)
     model2, cfg2, gemma_ids = make_hf_siglip2()
     write_big_vision_npz(model2, cfg2, "big_vision_siglip2_tiny")
+    make_hf_siglip2_naflex()
     make_tokenizer_fixtures(sp_path, gemma_ids)
     with open(os.path.join(OUT, "versions.json"), "w") as f:
         json.dump({"torch": torch.__version__, "open_clip": open_clip.__version__,

@@ -1,4 +1,5 @@
-"""Hugging Face `CLIPModel` / `SiglipModel` (model.safetensors + config.json) -> mmfm params.
+"""Hugging Face `CLIPModel` / `SiglipModel` / `Siglip2Model` (model.safetensors + config.json) ->
+mmfm params.
 
 CLIP: pre_layrnorm (sic, HF's name), class token + position table covering it, post_layernorm
 (HF applies it to the pooled cls token only; LayerNorm is per token, so mmfm's ln_post on every
@@ -6,6 +7,9 @@ token then cls pooling is the same), `visual_projection` / `text_projection` wit
 pooled at the first `eos_token_id` (or argmax for legacy configs with eos_token_id == 2).
 SigLIP: patch conv with bias, no class token, MAP head with a packed in_proj, no image projection,
 bidirectional text tower pooled at the last position, `text_model.head` with bias, logit bias.
+Siglip2 (NaFlex): SigLIP with a linear patch embedding on flattened (row, col, channel) patches
+(the same numbers as the stride-P convolution's kernel) and a `num_patches` position grid that the
+tower resizes to each image's patch grid (mmfm.models.naflex).
 """
 from __future__ import annotations
 
@@ -49,12 +53,20 @@ def infer_config(config: Mapping[str, Any]) -> ModelConfig:
                           pool="argmax" if eos == 2 else "eot", eot_id=eos,
                           pad_id=int(t.get("pad_token_id", 0) or 0), mask_pad=False, head_bias=False)
         return ModelConfig(image=image, text=text, embed_dim=config.get("projection_dim", 512)).validate()
-    if kind == "siglip":
+    if kind in ("siglip", "siglip2"):
         if not v.get("vision_use_head", True):
             raise ValueError("config.json vision_config.vision_use_head=false is not supported "
                              "(mmfm's SigLIP tower pools with the MAP head)")
-        image = VitConfig(**_tower(v, "vision_config"), image_size=v.get("image_size", 224),
-                          patch_size=v.get("patch_size", 16), pool="map", head=False)
+        patch = v.get("patch_size", 16)
+        if kind == "siglip2":  # the learned grid is sqrt(num_patches) patches a side
+            grid = int(round(v.get("num_patches", 256) ** 0.5))
+            if grid * grid != v.get("num_patches", 256):
+                raise ValueError(f"config.json vision_config.num_patches={v['num_patches']} is not a square")
+            size, extra = grid * patch, dict(naflex=True)
+        else:
+            size, extra = v.get("image_size", 224), {}
+        image = VitConfig(**_tower(v, "vision_config"), image_size=size, patch_size=patch, pool="map",
+                          head=False, **extra)
         text = TextConfig(**_tower(t, "text_config"), vocab_size=t.get("vocab_size", 32000),
                           context_length=t.get("max_position_embeddings", 64), causal=False,
                           pool="last", mask_pad=False, head_bias=True,
@@ -64,8 +76,8 @@ def infer_config(config: Mapping[str, Any]) -> ModelConfig:
             raise ValueError(f"config.json text_config.projection_size {proj} != vision hidden_size "
                              f"{image.width}: mmfm's SigLIP needs them equal")
         return ModelConfig(image=image, text=text, embed_dim=image.width, init_bias=-10.0).validate()
-    raise ValueError(f"config.json model_type={kind!r}: supported are 'clip' (CLIPModel) and "
-                     "'siglip' (SiglipModel)")
+    raise ValueError(f"config.json model_type={kind!r}: supported are 'clip' (CLIPModel), "
+                     "'siglip' (SiglipModel) and 'siglip2' (Siglip2Model)")
 
 
 def _layer_shapes(prefix: str, depth: int, width: int, mlp: int) -> dict:
@@ -86,7 +98,10 @@ def expected_shapes(cfg: ModelConfig, model_type: str) -> dict[str, tuple[int, .
     im, tx, e = cfg.image, cfg.text, cfg.embed_dim
     w, tw, v, t = im.width, tx.width, "vision_model", "text_model"
     clip = model_type == "clip"
-    out = {f"{v}.embeddings.patch_embedding.weight": (w, im.channels, im.patch_size, im.patch_size),
+    patch = (w, im.channels, im.patch_size, im.patch_size)
+    if model_type == "siglip2":  # nn.Linear on flattened patches
+        patch = (w, im.patch_size * im.patch_size * im.channels)
+    out = {f"{v}.embeddings.patch_embedding.weight": patch,
            f"{v}.embeddings.position_embedding.weight": (im.num_patches + clip, w)}
     if clip:
         out[f"{v}.embeddings.class_embedding"] = (w,)
@@ -157,7 +172,12 @@ def convert(sd: Mapping[str, np.ndarray], config: Mapping[str, Any],
     src = common.Source(sd, what)
     out: common.Flat = {}
     v, t = "vision_model", "text_model"
-    out["img/embedding/kernel"] = common.conv_kernel(src[f"{v}.embeddings.patch_embedding.weight"])
+    if config.get("model_type") == "siglip2":  # [width, P*P*C] -> the conv's HWIO kernel
+        p, c = cfg.image.patch_size, cfg.image.channels
+        out["img/embedding/kernel"] = np.ascontiguousarray(
+            src[f"{v}.embeddings.patch_embedding.weight"].T.reshape(p, p, c, cfg.image.width))
+    else:
+        out["img/embedding/kernel"] = common.conv_kernel(src[f"{v}.embeddings.patch_embedding.weight"])
     out["img/pos_embedding"] = src[f"{v}.embeddings.position_embedding.weight"][None]
     _layers(src, out, f"{v}.encoder.layers", "img/encoder", cfg.image.depth, cfg.image.heads)
     _ln(src, out, f"{v}.post_layernorm", "img/ln_post")
