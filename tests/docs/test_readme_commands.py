@@ -76,6 +76,13 @@ def prints(*words: str) -> Callable[[Ctx], None]:
     return check
 
 
+def lists_recipes(ctx: Ctx) -> None:
+    """One line for each recipe file, starting with its name."""
+    names = [os.path.basename(p)[:-3] for p in dc.config_files()]
+    missing = [n for n in names if not re.search(rf"^{n}\s+\S", ctx.stdout, re.M)]
+    assert names and not missing, f"no line for {missing}:\n{ctx.stdout}"
+
+
 def file_has(path: str, text: str) -> Callable[[Ctx], None]:
     def check(ctx):
         with open(ctx.path(path)) as f:
@@ -206,7 +213,7 @@ RULES = (
          checks=(imports_mmfm_from("~/mmfm-env"),)),
     Rule("Install with pip", "source ~/mmfm-env/bin/activate", keep=True,
          checks=(resolves("mmfm", "~/mmfm-env/bin/mmfm"),)),
-    Rule("Install with pip", "mmfm recipes", checks=(prints("demo", "clip_b16", "finetune_shapes"),)),
+    Rule("Install with pip", "mmfm recipes", checks=(lists_recipes,)),
     Rule("Install with pip", "mmfm recipes copy demo my_demo.py",
          checks=(file_has("my_demo.py", "def get_config"),)),
     Rule("Install with pip", "mmfm train --config my_demo.py:tiny --workdir runs/try "
