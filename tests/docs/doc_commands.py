@@ -35,6 +35,7 @@ _STARTS = ("python", "mmfm ", "make ", "experiments/", "bash ", "sbatch ", "srun
 class Command:
     where: str  # file:line
     text: str
+    section: str = ""  # the heading of the markdown section it is in
 
 
 def _join_continuations(lines: list[tuple[int, str]]) -> list[tuple[int, str]]:
@@ -54,9 +55,10 @@ def _join_continuations(lines: list[tuple[int, str]]) -> list[tuple[int, str]]:
 
 
 def markdown_commands(path: str) -> list[Command]:
-    """Lines of shell code blocks (``` with no language or bash/sh/console), continuations joined."""
+    """Lines of shell code blocks (``` with no language or bash/sh/console), continuations joined,
+    in document order, each with the heading of its section."""
     rel = os.path.relpath(path, ROOT)
-    lines, block, lang = [], None, None
+    lines, block, lang, heading, headings = [], None, None, "", {}
     with open(path) as f:
         for no, line in enumerate(f, 1):
             fence = re.match(r"^\s*```(\w*)", line)
@@ -70,11 +72,14 @@ def markdown_commands(path: str) -> list[Command]:
                 continue
             if block is not None:
                 block.append((no, re.sub(r"^\s*\$ ", "", line)))
+                headings[no] = heading
+            elif m := re.match(r"^#+ (.*?)\s*$", line):
+                heading = m.group(1)
     cmds = []
     for no, text in _join_continuations(lines):
         text = text.strip()
         if text and not text.startswith("#"):
-            cmds.append(Command(f"{rel}:{no}", text))
+            cmds.append(Command(f"{rel}:{no}", text, headings[no]))
     return cmds
 
 
