@@ -88,6 +88,11 @@ ARCHITECTURES: dict[str, Callable[[], ModelConfig]] = {
                                                 context_length=64),
     **{name: (lambda v=v, t=t, s=s: _siglip(v, t, image_size=s, vocab_size=GEMMA_VOCAB))
        for name, v, t, s in _SIGLIP2},
+    # NaFlex: a 16 x 16 learned grid, resized to each image's own patch grid
+    **{name: (lambda v=v, t=t: apply_overrides(_siglip(v, t, image_size=256, vocab_size=GEMMA_VOCAB),
+                                               {"image.naflex": True}))
+       for name, v, t in (("ViT-B-16-SigLIP2-naflex", "B/16", "B"),
+                          ("ViT-SO400M-16-SigLIP2-naflex", "So400m/16", "So400m"))},
     "mmfm-mu-8": lambda: _mmfm("mu/8", image_size=32),
     "mmfm-S-16": lambda: _mmfm("S/16"),
     "mmfm-B-16": lambda: _mmfm("B/16"),
@@ -272,7 +277,9 @@ PRETRAINED: dict[tuple[str, str], PretrainedTag] = {(t.arch, t.tag): t for t in 
         ("ViT-SO400M-16-SigLIP2-384", "so400m-patch16-384", 384),
         ("ViT-SO400M-16-SigLIP2-512", "so400m-patch16-512", 512),
         ("ViT-gopt-16-SigLIP2-256", "giant-opt-patch16-256", 256),
-        ("ViT-gopt-16-SigLIP2-384", "giant-opt-patch16-384", 384))),
+        ("ViT-gopt-16-SigLIP2-384", "giant-opt-patch16-384", 384),
+        ("ViT-B-16-SigLIP2-naflex", "base-patch16-naflex", 256),
+        ("ViT-SO400M-16-SigLIP2-naflex", "so400m-patch16-naflex", 256))),
 )}
 
 

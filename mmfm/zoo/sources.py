@@ -101,7 +101,10 @@ def hf_preprocess(base_dir: str, cfg: ModelConfig) -> Preprocess:
 
 
 def default_preprocess(cfg: ModelConfig) -> Preprocess:
-    """CLIP's preprocessing, or SigLIP's for MAP-pooled towers."""
+    """CLIP's preprocessing, or SigLIP's for MAP-pooled towers (NaFlex: its grid as the budget)."""
+    if cfg.image.naflex:
+        return Preprocess(cfg.image.image_size, INCEPTION_MEAN, INCEPTION_STD, "bilinear", "squash",
+                          max_num_patches=cfg.image.num_patches, patch_size=cfg.image.patch_size)
     if cfg.image.pool == "map":
         return Preprocess(cfg.image.image_size, INCEPTION_MEAN, INCEPTION_STD, "bicubic", "squash")
     return Preprocess(image_size=cfg.image.image_size)

@@ -143,3 +143,11 @@ def test_naflex_converts_and_exports_with_its_preprocessing(ref, tmp_path):
     assert (pre.pre.max_num_patches, pre.pre.patch_size) == (16, 8)
     img = np.asarray(mmfm.encode_image(model, params, batch(ref, 6)))
     assert np.abs(img - ref["b6_img_emb"]).max() <= 1e-5
+
+
+def test_bf16_compute_stays_close(ref, capsys):
+    model, params = mmfm.create_model(SRC, overrides={"dtype": "bfloat16"})
+    d = np.abs(np.asarray(mmfm.encode_image(model, params, batch(ref, 16)), np.float32) - ref["b16_img_emb"]).max()
+    with capsys.disabled():
+        print(f"\nbf16 NaFlex: max|d| img {d:.2e}")
+    assert d < 5e-2

@@ -190,3 +190,35 @@ def test_bad_files_are_one_clear_refusal_on_every_route(route, bad, tmp_path):
             mmfm.create_model(str(path))
         else:
             mmfm.create_model("ViT-B-32", pretrained=str(path))
+
+
+@pytest.mark.parametrize("src", [HF_CLIP, os.path.join(F, "hf_siglip2_tiny"),
+                                 os.path.join(F, "big_vision_siglip_tiny.npz")], ids=["hf_clip", "hf_siglip2", "big_vision"])
+def test_wrong_architecture_is_one_line_on_every_converter(src, tmp_path):
+    with pytest.raises(SourceError, match=r"architecture mismatch \(ViT-B-32\)"):
+        mmfm.create_model("ViT-B-32", pretrained=src)
+    conv = "big_vision" if src.endswith(".npz") else "hf"
+    p = cli("convert", "--from", conv, src, "--arch", "ViT-B-32", "--out", str(tmp_path / "x"), cwd=tmp_path)
+    one_line_refusal(p, "architecture mismatch (ViT-B-32)")
+
+
+@pytest.mark.parametrize("npz,tok,ref_name", [
+    ("big_vision_siglip_tiny.npz", "siglip_tiny_spiece.model", "hf_siglip_tiny"),
+    ("big_vision_siglip2_tiny.npz", os.path.join("hf_siglip2_tiny", "tokenizer.json"), "hf_siglip2_tiny")])
+def test_big_vision_converts_with_the_tokenizer_it_is_given(npz, tok, ref_name, tmp_path):
+    """A big_vision npz holds no tokenizer: without one `mmfm convert` names what to pass; with
+    --tokenizer the export carries it and reproduces the reference."""
+    src = os.path.join(F, npz)
+    one_line_refusal(cli("convert", "--from", "big_vision", src, "--out", str(tmp_path / "x"), cwd=tmp_path),
+                     "looked for spiece.model", "--tokenizer FILE")
+    p = cli("convert", "--from", "big_vision", src, "--tokenizer", os.path.join(F, tok), "--out",
+            str(tmp_path / "exp"), cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    model, params = mmfm.create_model(str(tmp_path / "exp"))
+    ref = np.load(os.path.join(F, f"{ref_name}_ref.npz"))
+    size = model.cfg.image.image_size  # the npz records the 4 x 4 grid only: 32 px
+    img = np.asarray(mmfm.encode_image(model, params, ref["images_nhwc"][:, :size, :size]))
+    assert np.abs(img - ref["img_emb"]).max() <= 1e-5
+    if ref_name == "hf_siglip2_tiny":
+        texts = ["A photo of a CAT.", "two dogs", "x" * 300, ""]
+        np.testing.assert_array_equal(mmfm.get_tokenizer(str(tmp_path / "exp"))(texts, 16), ref["tokens"])

@@ -39,6 +39,10 @@ OPEN_CLIP_COUNTS = {
     "ViT-SO400M-16-SigLIP2-512": (1_136_555_698, 428_772_800),
     "ViT-gopt-16-SigLIP2-256": (1_871_393_906, 1_163_168_256),
     "ViT-gopt-16-SigLIP2-384": (1_871_885_426, 1_163_659_776),
+    # open_clip's NaFlex configs are newer than 3.3.0: counted from its main-branch JSON (commit
+    # 89fb801, minus image_seq_len, which 3.3.0 does not take) via open_clip.add_model_config
+    "ViT-B-16-SigLIP2-naflex": (375_234_050, 92_930_304),
+    "ViT-SO400M-16-SigLIP2-naflex": (1_135_670_962, 427_888_064),
 }
 
 
