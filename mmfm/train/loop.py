@@ -150,7 +150,6 @@ def train(config, workdir: str, *, max_steps: Optional[int] = None,
     try:
         if start == 0 and evaluator is not None and evaluator.due(0):
             results = evaluator(state, writer, 0)  # baselines before training (`at_start`)
-            t_log = time.perf_counter()
         for step in range(start, min(last, config.total_steps)):
             state, metrics = tr.step(state, next(it))
             done = step + 1
