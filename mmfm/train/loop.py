@@ -9,7 +9,6 @@ import functools
 import json
 import logging
 import os
-import time
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
