@@ -24,7 +24,7 @@ from mmfm.models.config import ModelConfig, model_config_from_dict, model_config
 from mmfm.zoo import sources
 from mmfm.zoo.pretrained import FORMAT, PARAMS_FILE, VERSION
 from mmfm.zoo.convert import common
-from mmfm.zoo.registry import Preprocess, TokenizerSpec, get_model_config
+from mmfm.zoo.registry import GEMMA_VOCAB, Preprocess, TokenizerSpec, get_model_config
 from mmfm.zoo.source_tokenizer import TokenizerNotFound
 
 
@@ -35,6 +35,8 @@ def default_tokenizer(cfg: ModelConfig) -> TokenizerSpec:
     this: their tokenizer comes from their files (mmfm.zoo.source_tokenizer)."""
     if cfg.text.vocab_size == 49408 and cfg.text.pool in ("argmax", "eot"):
         return TokenizerSpec("clip_bpe", None, cfg.text.context_length, True)
+    if cfg.text.vocab_size == GEMMA_VOCAB:  # SigLIP 2: Gemma's tokenizer.json, lowercased, <pad> = 0
+        return TokenizerSpec("hf", "tokenizer.json", cfg.text.context_length, True, pad_id=0)
     return TokenizerSpec("siglip", "spiece.model", cfg.text.context_length, True, pad_id=1)
 
 
