@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmfm import fileio
 from mmfm.models.config import ModelConfig
 from mmfm.models.multimodal import TwoTower
 from mmfm.zoo import export as export_lib
@@ -43,7 +44,7 @@ class ModelInfo:
 
 
 def _is_source(x: str) -> bool:
-    return pre_lib.is_url(x) or os.path.exists(x)
+    return pre_lib.is_url(x) or fileio.exists(x)  # a download URL, a path or a gs:// URL
 
 
 _PATH_SUFFIXES = (".safetensors", ".npz", ".json", ".model") + pre_lib.PICKLE_SUFFIXES
@@ -56,7 +57,7 @@ def _looks_like_path(x: str) -> bool:
 
 
 def _path_not_found(what: str, x: str) -> FileNotFoundError:
-    return FileNotFoundError(f"{what} {x!r}: path not found ({os.path.abspath(os.path.expanduser(x))} "
+    return FileNotFoundError(f"{what} {x!r}: path not found ({fileio.absolute(x)} "
                              "does not exist); a name would have no path separator (`mmfm zoo` "
                              "lists architectures and tags)")
 
@@ -106,7 +107,7 @@ def load_model_info(name: str, pretrained: Optional[str] = None, *, overrides: O
         else:
             path = pre_lib.fetch(pretrained, sha256=sha256, cache=cache_dir, offline=offline)
         converter = converter or pre_lib.detect_converter(path)
-        base_dir = path if os.path.isdir(path) else os.path.dirname(path)
+        base_dir = path if fileio.isdir(path) else fileio.dirname(path)
         # Sources with a full config (HF config.json, mmfm exports) define the model; for bare
         # state dicts the architecture fixes what shapes cannot tell (heads, activation).
         use_arch = arch_cfg if converter in ("openclip", "big_vision") else None
@@ -218,8 +219,8 @@ def make_tokenizer(spec: registry.TokenizerSpec, base_dir: Optional[str] = None)
 
     if spec.kind == "clip_bpe":
         return ClipTokenizer()
-    path = os.path.join(base_dir or "", spec.file or "")
-    if not spec.file or not os.path.isfile(path):
+    path = fileio.join(base_dir or "", spec.file or "")
+    if not spec.file or not fileio.isfile(path):
         raise FileNotFoundError(f"tokenizer file {spec.file!r} not found in {base_dir!r}: SigLIP's "
                                 "SentencePiece model is not shipped with mmfm; pass the spiece.model "
                                 "path to get_tokenizer, or load a converted export directory")
@@ -238,13 +239,13 @@ def get_tokenizer(name: str, *, kind: Optional[str] = None):
     if name in ARCHITECTURES:
         cfg = registry.get_model_config(name)
         return make_tokenizer(export_lib.default_tokenizer(cfg))
-    if os.path.isdir(name):
+    if fileio.isdir(name):
         info, _ = load_model_info(name)
         return make_tokenizer(info.tokenizer, info.base_dir)
-    if os.path.isfile(name):
+    if fileio.isfile(name):
         k = kind or ("hf" if name.endswith(".json") else "siglip")
-        spec = registry.TokenizerSpec(k, os.path.basename(name), pad_id=1 if k == "siglip" else None)
-        return make_tokenizer(spec, os.path.dirname(os.path.abspath(name)))
+        spec = registry.TokenizerSpec(k, fileio.basename(name), pad_id=1 if k == "siglip" else None)
+        return make_tokenizer(spec, fileio.dirname(fileio.absolute(name)))
     if _looks_like_path(name):
         raise _path_not_found("tokenizer", name)
     registry.get_model_config(name)  # raises listing valid names

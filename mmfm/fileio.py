@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import importlib
 import importlib.util
+import logging
 import os
 import posixpath
 import re
@@ -60,10 +62,31 @@ def epath_of(path):
         raise ValueError(f"{path}: unsupported URL scheme {s}:// (supported: "
                          f"{', '.join(k + '://' for k in _SCHEMES)} and local paths)")
     package, extra = _SCHEMES[s]
-    if package and not (importlib.util.find_spec(package) or importlib.util.find_spec("tensorflow")):
-        hint = f"pip install 'mmfm[{extra}]'" if extra else f"pip install {package}"
-        raise MissingExtraError(f"{path}: {s}:// paths need the {package} package: {hint}")
+    if package and not importlib.util.find_spec("tensorflow"):  # else epath uses TF's gfile
+        try:
+            importlib.import_module(package)
+        except ImportError:
+            hint = f"pip install 'mmfm[{extra}]'" if extra else f"pip install {package}"
+            raise MissingExtraError(f"{path}: {s}:// paths need the {package} package: "
+                                    f"{hint}") from None
+    if package and not _FSSPEC_CONFIGURED:
+        _configure_fsspec()
     return epath.Path(os.fspath(path))
+
+
+_FSSPEC_CONFIGURED = False
+
+
+def _configure_fsspec() -> None:
+    """No cached directory listings: Orbax's arrays are written by tensorstore, not through
+    fsspec, so a listing cached before a save would hide the files the save wrote."""
+    global _FSSPEC_CONFIGURED
+    import fsspec.config
+
+    for proto in ("gs", "gcs", "s3", "az", "abfs"):
+        fsspec.config.conf.setdefault(proto, {}).setdefault("use_listings_cache", False)
+    logging.getLogger("fsspec").setLevel(logging.WARNING)  # an INFO line per file opened
+    _FSSPEC_CONFIGURED = True
 
 
 def absolute(path) -> str:
@@ -226,6 +249,19 @@ def move(src: str, dst: str) -> None:
     else:
         copy(src, dst)
         remove(src)
+
+
+@contextlib.contextmanager
+def local_file(path) -> Iterator[str]:
+    """A local copy of the file at `path` (the file itself when it is local), for readers that
+    need a real file (safetensors' memory map, numpy's zip reader)."""
+    if not is_url(path):
+        yield _local(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="mmfm-stage-") as tmp:
+        local = os.path.join(tmp, basename(path))
+        copy(path, local)
+        yield local
 
 
 @contextlib.contextmanager

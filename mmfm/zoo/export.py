@@ -19,6 +19,7 @@ from typing import Optional
 
 import numpy as np
 
+from mmfm import fileio
 from mmfm.fileio import honour_umask
 from mmfm.models.config import ModelConfig, model_config_from_dict, model_config_to_dict
 from mmfm.zoo import pretrained
@@ -45,7 +46,8 @@ def default_tokenizer(cfg: ModelConfig) -> TokenizerSpec:
 def save_export(out_dir: str, flat_params: dict, cfg: ModelConfig, *, preprocess: Preprocess,
                 tokenizer: TokenizerSpec, tokenizer_file: Optional[str] = None,
                 zeroshot: Optional[dict] = None, source: Optional[dict] = None) -> str:
-    """Writes an export directory atomically (a temp dir renamed into place)."""
+    """Writes an export directory: locally atomically (a temp dir renamed into place); to a URL
+    uploaded file by file, config.json last."""
     from safetensors.numpy import save_file
 
     flat = common.to_canonical({k: np.asarray(v) for k, v in flat_params.items()})
@@ -53,23 +55,36 @@ def save_export(out_dir: str, flat_params: dict, cfg: ModelConfig, *, preprocess
     flat = {k: (v.astype(np.float32) if v.dtype.kind == "V" or str(v.dtype) == "bfloat16" else v)
             for k, v in flat.items()}
     if tokenizer.kind != "clip_bpe":
-        if not tokenizer_file or not os.path.isfile(tokenizer_file):
+        if not tokenizer_file or not fileio.isfile(tokenizer_file):
             raise FileNotFoundError(f"tokenizer kind {tokenizer.kind!r} needs its file; got "
                                     f"{tokenizer_file!r}")
-        tokenizer = dataclasses.replace(tokenizer, file=os.path.basename(tokenizer_file))
-    out_dir = os.path.abspath(out_dir)
+        tokenizer = dataclasses.replace(tokenizer, file=fileio.basename(tokenizer_file))
+    meta = {"format": FORMAT, "version": VERSION, "model": model_config_to_dict(cfg),
+            "preprocess": dataclasses.asdict(preprocess), "tokenizer": dataclasses.asdict(tokenizer),
+            "zeroshot": zeroshot or {}, "source": source or {}}
+
+    def write(tmp: str) -> None:
+        save_file({k: np.ascontiguousarray(v) for k, v in flat.items()}, os.path.join(tmp, PARAMS_FILE))
+        if tokenizer.kind != "clip_bpe":
+            fileio.copy(tokenizer_file, os.path.join(tmp, tokenizer.file))
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(meta, f, indent=1)
+
+    out_dir = fileio.absolute(out_dir)
+    if fileio.is_url(out_dir):
+        # No rename on an object store: written locally, then uploaded with config.json last,
+        # which is what readers open first (an export without it is "not an mmfm export").
+        with tempfile.TemporaryDirectory(prefix="mmfm-export-") as tmp:
+            write(tmp)
+            if fileio.exists(out_dir):
+                fileio.rmtree(out_dir)
+            fileio.copytree(tmp, out_dir, last=("config.json",))
+        return out_dir
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix=".export-")
     try:
-        save_file({k: np.ascontiguousarray(v) for k, v in flat.items()}, os.path.join(tmp, PARAMS_FILE))
-        if tokenizer.kind != "clip_bpe":
-            shutil.copyfile(tokenizer_file, os.path.join(tmp, tokenizer.file))
-        meta = {"format": FORMAT, "version": VERSION, "model": model_config_to_dict(cfg),
-                "preprocess": dataclasses.asdict(preprocess), "tokenizer": dataclasses.asdict(tokenizer),
-                "zeroshot": zeroshot or {}, "source": source or {}}
-        with open(os.path.join(tmp, "config.json"), "w") as f:
-            json.dump(meta, f, indent=1)
+        write(tmp)
         honour_umask(tmp)  # mkdtemp and the safetensors writer make private (0700/0600) entries
         if os.path.exists(out_dir):
             shutil.rmtree(out_dir)
@@ -90,7 +105,7 @@ def export_from_workdir(workdir: str, out_dir: str) -> str:
     pre = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in pre.items()})
     tok_file = run.tokenizer_file
     kind = "hf" if tok_file.endswith(".json") else "sentencepiece"
-    tok = TokenizerSpec(kind, os.path.basename(tok_file), int(cfg.text.context_length),
+    tok = TokenizerSpec(kind, fileio.basename(tok_file), int(cfg.text.context_length),
                         run.tokenizer_lowercase)
     zs = {k: [list(n), list(t)] for k, (n, t) in run.zeroshot.items()}
     return save_export(out_dir, common.flatten(run.params), cfg, preprocess=pre, tokenizer=tok,
@@ -109,12 +124,12 @@ def convert_to_export(src: str, out_dir: str, *, converter: Optional[str] = None
         common.check_params(flat, cfg, arch)
     tok = default_tokenizer(model_cfg)
     if tok.kind != "clip_bpe" and tokenizer_file is None:
-        base = src if os.path.isdir(src) else os.path.dirname(src)
-        cand = os.path.join(base, "spiece.model")
-        tokenizer_file = cand if os.path.isfile(cand) else None
+        base = src if fileio.isdir(src) else fileio.dirname(src)
+        cand = fileio.join(base, "spiece.model")
+        tokenizer_file = cand if fileio.isfile(cand) else None
         if tokenizer_file is None:
             raise FileNotFoundError(f"{src}: the SigLIP tokenizer (spiece.model) was not found beside "
                                     "the weights; pass --tokenizer FILE")
     return save_export(out_dir, flat, model_cfg, preprocess=default_preprocess(model_cfg),
                        tokenizer=tok, tokenizer_file=tokenizer_file,
-                       source={"kind": converter, "path": os.path.abspath(src), "arch": arch})
+                       source={"kind": converter, "path": fileio.absolute(src), "arch": arch})

@@ -18,6 +18,7 @@ from typing import Optional
 
 import numpy as np
 
+from mmfm import fileio
 from mmfm.models.config import ModelConfig, model_config_from_dict
 from mmfm.zoo.registry import PretrainedTag, Preprocess, TokenizerSpec
 
@@ -52,7 +53,7 @@ def is_offline(override: Optional[bool] = None) -> bool:
 
 def sha256_file(path: str, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with fileio.open(path, "rb") as f:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
@@ -71,8 +72,8 @@ def refuse_pickle(path: str) -> None:
     """Raises for pickle-based files (by suffix, or a pickle protocol header)."""
     stem, suffix = os.path.splitext(path)
     is_pickle = suffix.lower() in PICKLE_SUFFIXES
-    if not is_pickle and os.path.isfile(path) and suffix.lower() not in (".npz", ".safetensors"):
-        with open(path, "rb") as f:
+    if not is_pickle and fileio.isfile(path) and suffix.lower() not in (".npz", ".safetensors"):
+        with fileio.open(path, "rb") as f:
             head = f.read(2)
         is_pickle = len(head) == 2 and head[0] == 0x80 and head[1] <= 5
     if is_pickle:
@@ -92,11 +93,11 @@ def fetch(src: str, *, sha256: Optional[str] = None, cache: Optional[str] = None
     download is deleted. Offline, a URL must already be cached.
     """
     src = os.fspath(src)
-    if not is_url(src):
-        if not os.path.exists(src):
+    if not is_url(src):  # a local path, or a storage URL (gs://...) read in place
+        if not fileio.exists(src):
             raise FileNotFoundError(f"weights not found: {src}")
         refuse_pickle(src)
-        if os.path.isfile(src):
+        if fileio.isfile(src):
             verify_sha256(src, sha256)
         return src
     name = os.path.basename(urllib.parse.urlparse(src).path) or "download"
@@ -206,6 +207,9 @@ def _check_safetensors_size(path: str) -> dict:
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
     refuse_pickle(path)
+    if fileio.is_url(path):
+        with fileio.local_file(path) as local:
+            return read_safetensors(local)
     _check_safetensors_size(path)
     from safetensors import safe_open
 
@@ -222,6 +226,9 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
 
 def read_npz(path: str) -> dict[str, np.ndarray]:
     refuse_pickle(path)
+    if fileio.is_url(path):
+        with fileio.local_file(path) as local:
+            return read_npz(local)
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
@@ -245,19 +252,19 @@ def read_weights(path: str) -> dict[str, np.ndarray]:
 
 def detect_converter(path: str) -> str:
     """'mmfm' | 'hf' | 'openclip' | 'big_vision' for a file or directory."""
-    if os.path.isdir(path):
-        cfg_path = os.path.join(path, "config.json")
-        if os.path.isfile(cfg_path):
-            with open(cfg_path) as f:
+    if fileio.isdir(path):
+        cfg_path = fileio.join(path, "config.json")
+        if fileio.isfile(cfg_path):
+            with fileio.open(cfg_path) as f:
                 cfg = json.load(f)
             if cfg.get("format") == "mmfm-export":
                 return "mmfm"
             if cfg.get("model_type") in ("clip", "siglip"):
                 return "hf"
-        names = os.listdir(path)
+        names = fileio.listdir(path)
         for n in names:
             if n.endswith(PICKLE_SUFFIXES):
-                refuse_pickle(os.path.join(path, n))
+                refuse_pickle(fileio.join(path, n))
         if any(n.endswith(".npz") for n in names):
             return "big_vision"
         if any(n.endswith(".safetensors") for n in names):
@@ -273,12 +280,12 @@ def detect_converter(path: str) -> str:
 
 
 def _single(path: str, suffix: str) -> str:
-    if os.path.isfile(path):
+    if fileio.isfile(path):
         return path
-    found = sorted(n for n in os.listdir(path) if n.endswith(suffix))
+    found = sorted(n for n in fileio.listdir(path) if n.endswith(suffix))
     if len(found) != 1:
         raise WeightsError(f"{path}: expected one {suffix} file, found {found}")
-    return os.path.join(path, found[0])
+    return fileio.join(path, found[0])
 
 
 def convert_source(path: str, converter: Optional[str] = None, cfg=None, **kw):
@@ -290,16 +297,16 @@ def convert_source(path: str, converter: Optional[str] = None, cfg=None, **kw):
     if converter == "mmfm":
         return load_export(path)
     if converter == "hf":
-        if not os.path.isdir(path):
+        if not fileio.isdir(path):
             raise WeightsError(f"{path}: a Hugging Face model is a directory with config.json and "
                                "model.safetensors")
-        with open(os.path.join(path, "config.json")) as f:
+        with fileio.open(fileio.join(path, "config.json")) as f:
             config = json.load(f)
-        st = os.path.join(path, "model.safetensors")
-        if not os.path.isfile(st):
+        st = fileio.join(path, "model.safetensors")
+        if not fileio.isfile(st):
             for n in ("pytorch_model.bin",):
-                if os.path.isfile(os.path.join(path, n)):
-                    refuse_pickle(os.path.join(path, n))
+                if fileio.isfile(fileio.join(path, n)):
+                    refuse_pickle(fileio.join(path, n))
             raise WeightsError(f"{path}: model.safetensors not found (sharded checkpoints are not "
                                "supported yet)")
         model_cfg, flat = hf.convert(read_safetensors(st), config, cfg)
@@ -320,10 +327,10 @@ PARAMS_FILE = "params.safetensors"
 
 
 def read_export_config(path: str) -> dict:
-    cfg_path = os.path.join(path, "config.json")
-    if not os.path.isfile(cfg_path):
+    cfg_path = fileio.join(path, "config.json")
+    if not fileio.isfile(cfg_path):
         raise FileNotFoundError(f"{path}: not an mmfm export (config.json missing)")
-    with open(cfg_path) as f:
+    with fileio.open(cfg_path) as f:
         meta = json.load(f)
     if meta.get("format") != FORMAT:
         raise ValueError(f"{cfg_path}: format is {meta.get('format')!r}, expected {FORMAT!r}")
@@ -344,10 +351,10 @@ def load_export(path: str) -> tuple[ModelConfig, dict, dict]:
         cfg = model_config_from_dict(model)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}/config.json: bad 'model' entry: {e}") from None
-    flat = read_safetensors(os.path.join(path, PARAMS_FILE))
+    flat = read_safetensors(fileio.join(path, PARAMS_FILE))
     pre = meta.get("preprocess", {})
     pre = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in pre.items()})
     info = {"preprocess": pre, "tokenizer": TokenizerSpec(**meta.get("tokenizer", {})),
-            "zeroshot": meta.get("zeroshot", {}), "dir": os.path.abspath(path),
+            "zeroshot": meta.get("zeroshot", {}), "dir": fileio.absolute(path),
             "source": meta.get("source", {})}
     return cfg, flat, info
