@@ -81,7 +81,7 @@ def test_train_resume_eval_export_on_gs(tmp_path):
                 f"model, params, _, _ = mmfm.create_model_and_transforms('{B}/exports/tiny')\n"
                 f"tok = mmfm.get_tokenizer('{B}/exports/tiny')\n"
                 "print('leaves', len(jax.tree.leaves(params)))\n"
-                "print('tokens', np.asarray(tok(['a red circle'])).shape)\n")
+                "print('tokens', np.asarray(tok(['a red circle'], 16)).shape)\n")
         res = subprocess.run([os.path.join(bindir, "python"), "-c", load], cwd=work, env=env,
                              capture_output=True, text=True, timeout=600)
         assert res.returncode == 0 and "tokens (1," in res.stdout, failure_report(res)
