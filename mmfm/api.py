@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmfm import fileio
 from mmfm.models.config import ModelConfig
 from mmfm.models.multimodal import TwoTower
 from mmfm.zoo import export as export_lib
@@ -44,7 +45,7 @@ class ModelInfo:
 
 
 def _is_source(x: str) -> bool:
-    return pre_lib.is_url(x) or os.path.exists(x)
+    return pre_lib.is_url(x) or fileio.exists(x)  # a download URL, a path or a gs:// URL
 
 
 _PATH_SUFFIXES = (".safetensors", ".npz", ".json", ".model") + pre_lib.PICKLE_SUFFIXES
@@ -57,7 +58,7 @@ def _looks_like_path(x: str) -> bool:
 
 
 def _path_not_found(what: str, x: str) -> FileNotFoundError:
-    return FileNotFoundError(f"{what} {x!r}: path not found ({os.path.abspath(os.path.expanduser(x))} "
+    return FileNotFoundError(f"{what} {x!r}: path not found ({fileio.absolute(x)} "
                              "does not exist); a name would have no path separator (`mmfm zoo` "
                              "lists architectures and tags)")
 
@@ -107,7 +108,7 @@ def load_model_info(name: str, pretrained: Optional[str] = None, *, overrides: O
         else:
             path = pre_lib.fetch(pretrained, sha256=sha256, cache=cache_dir, offline=offline)
         converter = converter or sources.detect_converter(path)
-        base_dir = path if os.path.isdir(path) else os.path.dirname(path)
+        base_dir = path if fileio.isdir(path) else fileio.dirname(path)
         # Sources with a full config (HF config.json, open_clip_config.json, mmfm exports) define
         # the model; for bare state dicts the architecture fixes what shapes cannot tell (heads,
         # activation), and every source's shapes are checked against a named architecture.
@@ -226,8 +227,8 @@ def make_tokenizer(spec: Optional[registry.TokenizerSpec], base_dir: Optional[st
                                 "get_tokenizer")
     if spec.kind == "clip_bpe" and spec.file is None:
         return ClipTokenizer()
-    paths = [os.path.join(base_dir or "", n) for n in spec.files()]
-    missing = [p for p in paths if not os.path.isfile(p)]
+    paths = [fileio.join(base_dir or "", n) for n in spec.files()]
+    missing = [p for p in paths if not fileio.isfile(p)]
     if not spec.file or missing:
         raise FileNotFoundError(f"tokenizer file(s) {missing or [spec.file]} not found: pass the "
                                 "tokenizer file to get_tokenizer, or load a converted export directory")
@@ -253,14 +254,14 @@ def get_tokenizer(name: str, *, kind: Optional[str] = None):
     if name in ARCHITECTURES:
         cfg = registry.get_model_config(name)
         return make_tokenizer(export_lib.default_tokenizer(cfg))
-    if os.path.isdir(name):
+    if fileio.isdir(name):
         info, _ = load_model_info(name)
         return make_tokenizer(info.tokenizer, info.base_dir, info.tokenizer_error)
-    if os.path.isfile(name):
+    if fileio.isfile(name):
         spec = spec_for_file(name, "siglip" if kind is None else "clip", 77)
         if kind is not None:
             spec = dataclasses.replace(spec, kind=kind)
-        return make_tokenizer(spec, os.path.dirname(os.path.abspath(name)))
+        return make_tokenizer(spec, fileio.dirname(fileio.absolute(name)))
     if _looks_like_path(name):
         raise _path_not_found("tokenizer", name)
     registry.get_model_config(name)  # raises listing valid names

@@ -41,7 +41,6 @@ import importlib.metadata
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 from typing import Any, Callable, Mapping, Optional
@@ -51,6 +50,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
+from mmfm import fileio
 from mmfm.train.resume_config import ResumeConfigError, check_resume
 from mmfm.train.save_failure import CheckpointSaveError, QuietSaveFailure, failure_cause
 
@@ -69,7 +69,7 @@ class CheckpointMismatchError(ValueError):
 # ----------------------------------------------------------------------------- paths and metadata
 
 def checkpoint_root(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), "checkpoints")
+    return fileio.join(fileio.absolute(workdir), "checkpoints")
 
 
 def resolve(path: str) -> tuple[str, Optional[int]]:
@@ -77,13 +77,13 @@ def resolve(path: str) -> tuple[str, Optional[int]]:
 
     Accepts a run's workdir, its `checkpoints/` directory, or one step directory inside it.
     """
-    path = os.path.abspath(path)
-    base = os.path.basename(path.rstrip("/"))
-    if base.isdigit() and os.path.isdir(path):
-        return os.path.dirname(path), int(base)
-    if os.path.isdir(os.path.join(path, "checkpoints")):
-        return os.path.join(path, "checkpoints"), None
-    if os.path.isdir(path):
+    path = fileio.absolute(path)
+    base = fileio.basename(path)
+    if base.isdigit() and fileio.isdir(path):
+        return fileio.dirname(path), int(base)
+    if fileio.isdir(fileio.join(path, "checkpoints")):
+        return fileio.join(path, "checkpoints"), None
+    if fileio.isdir(path):
         return path, None
     raise FileNotFoundError(f"checkpoint path {path} does not exist (expected a workdir, its "
                             f"checkpoints/ directory or a step directory)")
@@ -131,7 +131,7 @@ def run_metadata(trainer=None) -> dict:
         meta["preprocess"] = {"image_size": int(cfg.data.image_size),
                               "mean": list(cfg.preprocess.mean), "std": list(cfg.preprocess.std),
                               "interpolation": "bilinear", "resize_mode": "shortest"}
-        meta["tokenizer"] = {"source": os.path.abspath(info.tokenizer_path),
+        meta["tokenizer"] = {"source": fileio.absolute(info.tokenizer_path),
                              "lowercase": bool(cfg.data.get("lowercase", False))}
     return meta
 
@@ -147,17 +147,12 @@ def record_tokenizer(root: str, meta: dict) -> None:
     tok = meta.get("tokenizer")
     if not tok or "source" not in tok:
         return
-    with open(tok["source"], "rb") as f:
-        data = f.read()
+    data = fileio.read_bytes(tok["source"])
     digest = hashlib.sha256(data).hexdigest()
-    rel = os.path.join(ASSETS_DIR, f"{digest[:16]}-{os.path.basename(tok['source'])}")
-    dest = os.path.join(root, rel)
-    if jax.process_index() == 0 and not os.path.isfile(dest):
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        tmp = f"{dest}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, dest)
+    rel = f"{ASSETS_DIR}/{digest[:16]}-{fileio.basename(tok['source'])}"
+    dest = fileio.join(root, rel)
+    if jax.process_index() == 0 and not fileio.isfile(dest):
+        fileio.write_atomic(dest, data)
     tok.update(file=rel, sha256=digest)
 
 
@@ -395,7 +390,7 @@ class Checkpointer:
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
                 changes = _check_resume_config(self.manager, step, self.config_json,
-                                               abstract_state, os.path.dirname(self.root))
+                                               abstract_state, fileio.dirname(self.root))
                 state, data = _restore_full(self.manager, step, abstract_state,
                                             where=f"checkpoint {self.root}/{step}")
             except (CheckpointMismatchError, ResumeConfigError):
@@ -442,11 +437,11 @@ class Checkpointer:
 
     def _quarantine(self, step: int) -> None:
         if jax.process_index() == 0:
-            dest = os.path.join(os.path.dirname(self.root), "checkpoints_corrupt", str(step))
-            if os.path.exists(dest):
-                shutil.rmtree(dest)
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            shutil.move(os.path.join(self.root, str(step)), dest)
+            dest = fileio.join(fileio.dirname(self.root), "checkpoints_corrupt", str(step))
+            if fileio.exists(dest):
+                fileio.rmtree(dest)
+            fileio.makedirs(fileio.dirname(dest))
+            fileio.move(fileio.join(self.root, str(step)), dest)
             log.warning("moved unreadable step %d to %s", step, dest)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
@@ -493,7 +488,7 @@ class Checkpointer:
         step = self._last_saved if step is None else step
         good = [s for s in self.manager.all_steps() if s != step]
         last_good = f"step {max(good)} ({self.root}/{max(good)})" if good else None
-        self.failed = CheckpointSaveError(step, os.path.join(self.root, str(step)),
+        self.failed = CheckpointSaveError(step, fileio.join(self.root, str(step)),
                                           failure_cause(exc), last_good)
         log.debug("checkpoint save of step %s failed", step, exc_info=exc)
         return self.failed
@@ -531,7 +526,7 @@ class Checkpointer:
     def raise_if_interrupted(self) -> None:
         """Raises `Interrupted` if a SIGINT stopped the run (its step is saved by then)."""
         if self.stopped_at is not None and self._watcher.signum == signal.SIGINT:
-            raise Interrupted(self.stopped_at, os.path.join(self.root, str(self.stopped_at)))
+            raise Interrupted(self.stopped_at, fileio.join(self.root, str(self.stopped_at)))
 
     def release(self) -> None:
         """Restores the signal handlers (and log filters) that were there before this checkpointer.
@@ -583,7 +578,7 @@ class Run:
     @property
     def tokenizer_file(self) -> str:
         """Absolute path of the tokenizer copy inside the run (read it, never write it)."""
-        return os.path.join(self.root, self.meta["tokenizer"]["file"])
+        return fileio.join(self.root, self.meta["tokenizer"]["file"])
 
     @property
     def tokenizer_lowercase(self) -> bool:
@@ -688,5 +683,5 @@ def load_run(path: str, *, step: Optional[int] = None, params: bool = True,
         tree = _restore_params(src, chosen, target) if params else None
     finally:
         src.close()
-    return Run(workdir=os.path.dirname(root), root=root, step=int(chosen), config=config,
+    return Run(workdir=fileio.dirname(root), root=root, step=int(chosen), config=config,
                meta=meta, params=tree)

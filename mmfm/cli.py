@@ -258,7 +258,7 @@ def train_main(argv=None) -> None:
 
 def _write_failed(e: OSError, workdir: str) -> str:
     """One line for a run file (metrics, run info, ...) that could not be written."""
-    from mmfm import checkpoint
+    from mmfm import checkpoint, fileio
     from mmfm.train.save_failure import failure_cause
 
     try:
@@ -267,7 +267,7 @@ def _write_failed(e: OSError, workdir: str) -> str:
                 f"space or fix the permission and rerun the same command to resume from it")
     except (OSError, ValueError):
         good = "there is no checkpoint yet; a rerun starts from the beginning"
-    where = e.filename or os.path.abspath(workdir)  # a failed write() names no file
+    where = e.filename or fileio.absolute(workdir)  # a failed write() names no file
     return f"mmfm: writing {where} failed: {failure_cause(e)}; {good}"
 
 

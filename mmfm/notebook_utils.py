@@ -22,6 +22,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from mmfm import fileio
+
 log = logging.getLogger("mmfm")
 
 # The notebooks' shared model: the demo objective (CLIP + MAE + MLM) at the tiny size, trained long
@@ -203,11 +205,11 @@ def read_metrics(workdir: str) -> dict[str, dict[str, np.ndarray]]:
 
     Every kind has a 'step' array; a metric missing at some logged step is NaN there.
     """
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.isfile(path):
+    path = fileio.join(workdir, "metrics.jsonl")
+    if not fileio.isfile(path):
         raise FileNotFoundError(f"{path} not found: has a run written metrics in {workdir}?")
     rows: dict[str, list[dict]] = {}
-    with open(path) as f:
+    with fileio.open(path) as f:
         for line in f:
             if line.strip():
                 rec = json.loads(line)

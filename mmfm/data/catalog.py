@@ -13,13 +13,13 @@ Data must already be prepared in `data_dir` (the usual TFDS layout): nothing is 
 from __future__ import annotations
 
 import dataclasses
-import glob
 import os
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from mmfm import fileio
 from mmfm.data.sources import as_text
 
 TEMPLATES = ("a photo of a {}.", "a blurry photo of a {}.", "a photo of the {}.",
@@ -88,13 +88,13 @@ def _builder(spec: CatalogSpec, data_dir: str | None):
     try:
         return tfds.builder(spec.tfds_name, data_dir=data_dir)
     except ModuleNotFoundError as e:  # e.g. coco_captions' feature code imports tensorflow
-        root = os.path.join(os.fspath(data_dir or ""), spec.tfds_name)
-        infos = sorted(glob.glob(os.path.join(root, "**", "dataset_info.json"), recursive=True))
+        root = fileio.join(os.fspath(data_dir or ""), spec.tfds_name)
+        infos = fileio.find(root, "dataset_info.json")
         if not infos:
             raise FileNotFoundError(f"catalog dataset {spec.tfds_name!r}: its TFDS builder needs "
                                     f"{e.name}, and no prepared copy was found under {root} "
                                     f"(config.data.dir)") from e
-        return tfds.builder_from_directory(os.path.dirname(infos[-1]))
+        return tfds.builder_from_directory(fileio.dirname(infos[-1]))
 
 
 def open_catalog(name: str, data_dir: str | None, split: str,

@@ -17,10 +17,10 @@ Selected by `config.data.name` (see `build.DATASETS`); the keys they read:
 from __future__ import annotations
 
 import importlib
-import os
 from collections.abc import Mapping
 from typing import Any
 
+from mmfm import fileio
 from mmfm.data import catalog, sources
 from mmfm.data.tokenizers import load_tokenizer, train_tokenizer
 from mmfm.data.transforms import make_image_transform, make_train_transform
@@ -92,7 +92,7 @@ class Component:
             self._train, self.info = catalog.open_catalog(self.name, self.dir, "train")
             self.label_keys = catalog.CATALOG[self.name].label_keys
             self.zeroshot = dict(self.info.zeroshot)
-            self.tokenizer_path = os.path.join(self.dir, "mmfm_tokenizers", f"{self.name}.model")
+            self.tokenizer_path = fileio.join(self.dir, "mmfm_tokenizers", f"{self.name}.model")
             self.corpus = lambda: (t.format(n) for names, temps in self.zeroshot.values()
                                    for n in names for t in temps)
             self.splits = tuple(catalog.CATALOG[self.name].splits)
@@ -113,7 +113,7 @@ class Component:
 
 def _tokenizer(cfg: Mapping[str, Any], component: Component):
     path = cfg.get("tokenizer") or component.tokenizer_path
-    if not os.path.exists(path):
+    if not fileio.exists(path):
         if cfg.get("tokenizer") or component.corpus is None:
             raise FileNotFoundError(f"tokenizer not found: {path} (config.data.tokenizer)")
         train_tokenizer(component.corpus(), path)

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from mmfm import fileio
 from mmfm.data.transforms import to_uint8_rgb
 
 RUNTIME_REASONS = ("read_error", "decode_error")
@@ -183,9 +184,9 @@ def open_prepared(fmt: str, data_dir: str, dataset: str):
         raise ValueError(f"config.data.dataset is empty: name the prepared {fmt} dataset "
                          f"(`mmfm data prepare --format {fmt} --name NAME --data_dir DIR`)")
     path = dataset_dir(data_dir, fmt, dataset)
-    if not os.path.isfile(os.path.join(path, "dataset_info.json")):
-        root = os.path.join(os.fspath(data_dir), fmt)
-        found = sorted(os.listdir(root)) if os.path.isdir(root) else []
+    if not fileio.isfile(fileio.join(path, "dataset_info.json")):
+        root = fileio.join(os.fspath(data_dir), fmt)
+        found = fileio.listdir(root) if fileio.isdir(root) else []
         raise FileNotFoundError(f"prepared {fmt} dataset {dataset!r} not found at {path} "
                                 f"(config.data.dataset / config.data.dir); available in {root}: "
                                 f"{found}; prepare it with `mmfm data prepare --format {fmt} "
@@ -195,4 +196,4 @@ def open_prepared(fmt: str, data_dir: str, dataset: str):
 
 def prepared_tokenizer_path(data_dir: str, fmt: str, dataset: str) -> str:
     from mmfm.data.builders.common import dataset_dir
-    return os.path.join(dataset_dir(data_dir, fmt, dataset), "tokenizer.model")
+    return fileio.join(dataset_dir(data_dir, fmt, dataset), "tokenizer.model")

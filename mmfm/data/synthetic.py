@@ -21,6 +21,7 @@ import dataclasses
 import io
 import json
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,6 +30,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image, ImageDraw
 
+from mmfm import fileio
 from mmfm.data import quiet
 from mmfm.data.tokenizers import train_tokenizer
 
@@ -358,7 +360,7 @@ def _builder(data_dir: str, config: Mapping[str, Any]) -> CaptionedShapes:
 def shapes_tokenizer_path(data_dir: str, **config) -> str:
     """Where `prepare_captioned_shapes` stores the tokenizer of this config."""
     cfg = shapes_config(**config)
-    return os.path.join(os.fspath(data_dir), "captioned_shapes", cfg.name, "tokenizer.model")
+    return fileio.join(os.fspath(data_dir), "captioned_shapes", cfg.name, "tokenizer.model")
 
 
 def tokenizer_corpus(cfg: CaptionedShapesConfig, variants: int = 2):
@@ -377,10 +379,26 @@ def tokenizer_corpus(cfg: CaptionedShapesConfig, variants: int = 2):
 
 
 def prepare_captioned_shapes(data_dir: str, **config) -> CaptionedShapes:
-    """Builds the dataset and its tokenizer under `data_dir` unless already there (idempotent)."""
+    """Builds the dataset and its tokenizer under `data_dir` unless already there (idempotent).
+
+    A URL `data_dir` is built in a local staging directory and uploaded: TFDS writes ArrayRecord
+    files through local file handles only (reading them from a URL works).
+    """
     builder = _builder(data_dir, config)
-    quiet.prepare(builder, "captioned_shapes")  # skipped when the version directory is complete
     path = shapes_tokenizer_path(data_dir, **config)
+    if fileio.is_url(data_dir):
+        info = fileio.join(os.fspath(builder.data_dir), "dataset_info.json")
+        if fileio.isfile(info) and fileio.isfile(path):
+            return builder
+        name = builder.builder_config.name
+        with tempfile.TemporaryDirectory(prefix="mmfm-prepare-") as local:
+            staged = prepare_captioned_shapes(local, **config)
+            version = os.path.basename(os.fspath(staged.data_dir))
+            fileio.copytree(os.path.join(local, "captioned_shapes", name),
+                            fileio.join(data_dir, "captioned_shapes", name),
+                            last=("tokenizer.model", os.path.join(version, "dataset_info.json")))
+        return _builder(data_dir, config)  # reads the uploaded dataset_info.json
+    quiet.prepare(builder, "captioned_shapes")  # skipped when the version directory is complete
     if not os.path.exists(path):
         train_tokenizer(tokenizer_corpus(builder.builder_config), path)
     return builder

@@ -16,14 +16,13 @@ import io
 import json
 import itertools
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import sentencepiece as spm
 import tokenizers as hf
 
-from mmfm.fileio import honour_umask
+from mmfm import fileio
 
 # Fixed SentencePiece ids for trained models: PAD must be 0 (the padding value), the rest follow.
 PAD_ID, UNK_ID, BOS_ID, EOT_ID = 0, 1, 2, 3
@@ -82,10 +81,9 @@ class Tokenizer(_RowLayout):
     """
 
     def __init__(self, model_path: str, *, lowercase: bool = False, mask_piece: str = MASK_PIECE):
-        if not os.path.isfile(model_path):
+        if not fileio.isfile(model_path):
             raise FileNotFoundError(f"SentencePiece model not found: {model_path}")
-        with open(model_path, "rb") as f:
-            self._init(f.read(), lowercase, mask_piece)
+        self._init(fileio.read_bytes(model_path), lowercase, mask_piece)
         self.path = os.fspath(model_path)
 
     def _init(self, proto: bytes, lowercase: bool, mask_piece: str) -> None:
@@ -155,12 +153,7 @@ def train_tokenizer(texts: Iterable[str], path: str, *, vocab_size: int = 256,
         minloglevel=2, num_threads=1)
     # Write then rename, so a reader (or a concurrent prepare) never sees half a file.
     path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(model.getvalue())
-    honour_umask(tmp)  # mkstemp creates it 0600
-    os.replace(tmp, path)
+    fileio.write_atomic(path, model.getvalue())
     return Tokenizer(path)
 
 
@@ -183,10 +176,10 @@ class HFTokenizer(_RowLayout):
 
     def __init__(self, path: str, *, pad_id: int | None = None, bos_id: int | None = None,
                  eot_id: int | None = None, mask_id: int | None = None, lowercase: bool = False):
-        if not os.path.isfile(path):
+        if not fileio.isfile(path):
             raise FileNotFoundError(f"Hugging Face tokenizer file not found: {path}")
         self.path, self.lowercase = os.fspath(path), lowercase
-        self._tok = hf.Tokenizer.from_file(self.path)
+        self._tok = hf.Tokenizer.from_str(fileio.read_text(self.path))
         self._tok.no_padding()
         self._tok.no_truncation()
         if lowercase:
@@ -251,16 +244,16 @@ class HFTokenizer(_RowLayout):
 def iter_texts(path: str) -> Iterator[str]:
     """Captions from a text file (one per line), a jsonl file (caption/captions fields) or a
     prepared dataset directory (its train split's captions)."""
-    if os.path.isdir(path):
+    if fileio.isdir(path):
         import tensorflow_datasets as tfds
         source = tfds.builder_from_directory(path).as_data_source(split="train")
         for i in range(len(source)):
             for c in source[i]["captions"]:
                 yield c.decode("utf-8") if isinstance(c, bytes) else str(c)
         return
-    if not os.path.isfile(path):
+    if not fileio.isfile(path):
         raise FileNotFoundError(f"--input not found: {path}")
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with fileio.open(path, encoding="utf-8", errors="replace") as f:
         for lineno, line in enumerate(f, 1):
             line = line.strip()
             if not line:

@@ -23,12 +23,12 @@ raise a ValueError naming `evals.evaluators.<name>.<key>` and the valid keys.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any, Mapping, Optional
 
 import jax
 import numpy as np
 
+from mmfm import fileio
 from mmfm import sharding as sh
 from mmfm.evals import datasets as ds
 from mmfm.evals.linear_probe import DEFAULT_L2_GRID, few_shot_probe, linear_probe
@@ -174,7 +174,7 @@ class Evaluator:
                                 block_size=c["block_size"], mesh=mesh)
         if c["pictures"] and workdir:
             from mmfm.evals import pictures
-            path = os.path.join(workdir, "pictures", f"{self.name}_step{step}.png")
+            path = fileio.join(workdir, "pictures", f"{self.name}_step{step}.png")
             pictures.write_retrieval_grid(path, data, img, txt, num_queries=int(c["pictures"]),
                                           k=int(c["picture_k"]))
         return out
@@ -241,7 +241,7 @@ class Evaluator:
                                        norm_pix=m.mae.get("norm_pix", True), seed=int(c["seed"]),
                                        predict=predict)
         if workdir:
-            path = os.path.join(workdir, "pictures", f"{self.name}_step{step}.png")
+            path = fileio.join(workdir, "pictures", f"{self.name}_step{step}.png")
             pictures.write_mae_grid(path, rec, mean=m.preprocess.mean, std=m.preprocess.std)
         return {"masked_mse": rec["masked_mse"]}
 

@@ -12,7 +12,7 @@ structure from the model (the paper's visualisation does the same).
 """
 from __future__ import annotations
 
-import os
+import io
 from typing import Sequence
 
 import jax
@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw
 
+from mmfm import fileio
 from mmfm import masking
 from mmfm.losses.masked import NORM_PIX_EPS
 from mmfm.patches import patchify, unpatchify
@@ -169,6 +170,7 @@ def write_retrieval_grid(path: str, data, image_emb, text_emb, *, num_queries: i
 
 
 def _save(im: Image.Image, path: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    im.save(path, format="PNG")
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    fileio.write_atomic(path, buf.getvalue())
     return path

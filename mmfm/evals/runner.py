@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from typing import Optional, Sequence
 
 import numpy as np
 
+from mmfm import fileio
 from mmfm.evals.encoders import MeshEncoder
 from mmfm.evals.evaluators import warn_if_small
 from mmfm.evals.linear_probe import few_shot_probe, linear_probe
@@ -154,9 +154,9 @@ class TrainingEvaluator:
         writer.write(step, results, kind="eval")
         if writer.enabled:
             print(f"eval at step {step}:\n{format_table(results)}", flush=True)
-            with open(os.path.join(tr.workdir, RESULTS_FILE), "w") as f:
-                json.dump({"step": step, "source": {"workdir": tr.workdir, "kind": "training"},
-                           "metrics": results, "timings_s": timings}, f, indent=1)
+            fileio.write_atomic(fileio.join(tr.workdir, RESULTS_FILE), json.dumps(
+                {"step": step, "source": {"workdir": tr.workdir, "kind": "training"},
+                 "metrics": results, "timings_s": timings}, indent=1))
         return results
 
 

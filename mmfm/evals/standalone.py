@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from typing import Optional
+
+from mmfm import fileio
 
 log = logging.getLogger("mmfm")
 
@@ -29,7 +30,7 @@ def evaluate(evals_cfg, model, *, out_dir: str, step: int = 0, data_dir: Optiona
     evaluators = build_evaluators(evals_cfg, data_dir=data_dir, shapes=shapes)
     if not evaluators:
         raise ValueError("config.evals.evaluators is empty: nothing to evaluate")
-    os.makedirs(out_dir, exist_ok=True)
+    fileio.makedirs(out_dir)
     results, timings = {}, {}
     for e in evaluators:
         t0 = time.perf_counter()
@@ -62,15 +63,14 @@ def write_results(out_dir: str, step: int, results: dict, timings: dict,
     from mmfm.evals.runner import RESULTS_FILE, format_table
     from mmfm.train.metrics import MetricsWriter
 
-    os.makedirs(out_dir, exist_ok=True)
+    fileio.makedirs(out_dir)
     writer = MetricsWriter(out_dir, enabled=True, resume_step=step)
     try:
         writer.write(step, results, kind="eval")
     finally:
         writer.close()
-    with open(os.path.join(out_dir, RESULTS_FILE), "w") as f:
-        json.dump({"step": step, "source": source or {}, "metrics": results, "timings_s": timings},
-                  f, indent=1)
+    fileio.write_atomic(fileio.join(out_dir, RESULTS_FILE), json.dumps(
+        {"step": step, "source": source or {}, "metrics": results, "timings_s": timings}, indent=1))
     print(format_table(results), flush=True)
     return results
 
@@ -96,11 +96,11 @@ def evaluate_checkpoint(config, checkpoint: str, *, out: Optional[str] = None,
     run = m.run
     run_cfg = ml_collections.ConfigDict(run.config)
     config = config if config is not None else run_cfg
-    out = out or os.path.join(run.workdir, "eval")
+    out = out or fileio.join(run.workdir, "eval")
     shapes = {k: run_cfg.data[k] for k in ("image_size", "num_train", "num_test", "seed")
               if k in run_cfg.data}
     data_dir = data_dir or config_get(config, "data.dir") or run_cfg.data.get("dir")
-    source = {"checkpoint": os.path.abspath(checkpoint), "step": run.step}
+    source = {"checkpoint": fileio.absolute(checkpoint), "step": run.step}
     from mmfm.evals.evaluators import evaluator_configs
     if not evaluator_configs(config.evals):  # none configured: the run's own training-time eval
         return evaluate_training_data(run_cfg, m, out_dir=out, step=run.step, source=source)

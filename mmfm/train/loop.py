@@ -8,13 +8,13 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
 import numpy as np
 
+from mmfm import fileio
 from mmfm import sharding as sh
 from mmfm.config_utils import check_batch, model_config, objective_config
 from mmfm.losses.objective import check_model_fits
@@ -106,8 +106,8 @@ def absolute_paths(config) -> None:
     """Paths in the config made absolute, so a run never depends on the launch directory."""
     for section, key in _PATH_KEYS:
         node = config if section is None else config.get(section)
-        if node is not None and node.get(key) and "://" not in str(node[key]):
-            node[key] = os.path.abspath(os.path.expanduser(str(node[key])))
+        if node is not None and node.get(key):
+            node[key] = fileio.absolute(str(node[key]))  # URLs stay URLs
 
 
 def train(config, workdir: str, *, max_steps: Optional[int] = None,
@@ -123,8 +123,8 @@ def train(config, workdir: str, *, max_steps: Optional[int] = None,
     from mmfm import checkpoint
 
     absolute_paths(config)
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    workdir = fileio.absolute(workdir)
+    fileio.makedirs(workdir)
     tr = Trainer(config, workdir)
     evaluator = make_evaluator(tr) if make_evaluator is not None else None
     is_main = jax.process_index() == 0

@@ -11,13 +11,16 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import re
 import sys
 import time
 from typing import Callable, Mapping, Optional
 
 import numpy as np
+
+from mmfm import fileio
+
+UPLOAD_EVERY_S = 60.0
 
 
 def _scalar(v) -> float:
@@ -89,27 +92,58 @@ def format_eta(secs: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
+def _kept_lines(path: str, after_step: int) -> tuple[list[str], int]:
+    """(lines of `path` with step <= after_step, number of lines dropped)."""
+    if not fileio.exists(path):
+        return [], 0
+    kept, dropped = [], 0
+    for line in fileio.read_text(path).splitlines(keepends=True):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a kill mid-write
+            dropped += 1
+            continue
+        if rec.get("step", -1) <= after_step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+        else:
+            dropped += 1
+    return kept, dropped
+
+
 def truncate_jsonl(path: str, after_step: int) -> int:
     """Keep only lines with step <= after_step; returns the number of lines dropped."""
-    if not os.path.exists(path):
-        return 0
-    kept, dropped = [], 0
-    with open(path) as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by a kill mid-write
-                dropped += 1
-                continue
-            if rec.get("step", -1) <= after_step:
-                kept.append(line if line.endswith("\n") else line + "\n")
-            else:
-                dropped += 1
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(kept)
-    os.replace(tmp, path)
+    kept, dropped = _kept_lines(path, after_step)
+    if fileio.exists(path):
+        fileio.write_atomic(path, "".join(kept))
     return dropped
+
+
+class _ObjectRecordFile:
+    """A TensorBoard event file behind a URL: objects cannot be appended to, so each flush
+    uploads the whole file again (as tensorboardX's own gs:// writer does)."""
+
+    def __init__(self, path: str):
+        self.path, self.buffer, self.dirty = path, bytearray(), False
+
+    def write(self, data: bytes) -> None:
+        self.buffer += data
+        self.dirty = True
+
+    def flush(self) -> None:
+        if self.dirty:
+            fileio.write_atomic(self.path, bytes(self.buffer))
+            self.dirty = False
+
+    def close(self) -> None:
+        self.flush()
+
+
+class _ObjectRecordFiles:  # tensorboardX's writer-factory interface, for one URL scheme
+    def open(self, path: str) -> _ObjectRecordFile:
+        return _ObjectRecordFile(path)
+
+    def directory_check(self, path: str) -> None:
+        fileio.makedirs(path)
 
 
 class MetricsWriter:
@@ -117,16 +151,26 @@ class MetricsWriter:
                  resume_step: int = 0):
         self.enabled = enabled
         self.total_steps = total_steps
-        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.path = fileio.join(workdir, "metrics.jsonl")
         self._tb = None
+        # Behind a URL the lines are kept here and the whole file is uploaded at each flush
+        # (before every checkpoint save) and at most UPLOAD_EVERY_S apart: objects cannot grow.
+        self._lines: Optional[list[str]] = None
+        self._uploaded = time.monotonic()
         if not enabled:
             return
-        os.makedirs(workdir, exist_ok=True)
-        truncate_jsonl(self.path, resume_step)
+        fileio.makedirs(workdir)
         from tensorboardX import SummaryWriter  # imported lazily: only the main process needs it
+        if fileio.is_url(workdir):
+            from tensorboardX import record_writer
+            self._lines = _kept_lines(self.path, resume_step)[0]
+            self.flush_lines()
+            record_writer.register_writer_factory(fileio.scheme(workdir), _ObjectRecordFiles())
+        else:
+            truncate_jsonl(self.path, resume_step)
         # purge_step hides events at steps > resume_step left by an interrupted earlier run (also
         # when it died before its first checkpoint: resume_step 0).
-        self._tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=resume_step + 1)
+        self._tb = SummaryWriter(fileio.join(workdir, "tb"), purge_step=resume_step + 1)
 
     def write(self, step: int, metrics: Mapping[str, object], *, kind: str = "train") -> dict:
         rec = {"step": int(step), "kind": kind}
@@ -134,8 +178,13 @@ class MetricsWriter:
             rec[k] = v if isinstance(v, (str, list)) else _scalar(v)
         if not self.enabled:
             return rec
-        with open(self.path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        if self._lines is not None:
+            self._lines.append(json.dumps(rec) + "\n")
+            if time.monotonic() - self._uploaded > UPLOAD_EVERY_S:
+                self.flush_lines()
+        else:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
         for k, v in rec.items():
             if k not in ("step", "kind") and isinstance(v, float) and math.isfinite(v):
                 self._tb.add_scalar(tb_tag(f"{kind}/{k}"), v, int(step))
@@ -154,10 +203,17 @@ class MetricsWriter:
                   f"lr={rec.get('lr', 0):.2e}{speed}{eta}", flush=True, file=sys.stdout)
         return rate
 
+    def flush_lines(self) -> None:
+        if self._lines is not None:
+            fileio.write_atomic(self.path, "".join(self._lines))
+            self._uploaded = time.monotonic()
+
     def flush(self) -> None:
+        self.flush_lines()
         if self._tb is not None:
             self._tb.flush()
 
     def close(self) -> None:
+        self.flush_lines()
         if self._tb is not None:
             self._tb.close()

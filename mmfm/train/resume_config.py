@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Mapping
 from typing import Any
+
+from mmfm import fileio
 
 log = logging.getLogger("mmfm")
 
@@ -92,18 +93,16 @@ def record_resume(workdir: str, info: dict, *, step: int | None,
     A fresh start (`step` None) begins a new history; each resume appends
     {"step", "changes": {key: [old, new]}} to the one already there.
     """
-    path = os.path.join(workdir, RUN_INFO)
+    path = fileio.join(workdir, RUN_INFO)
     history: list = []
-    if step is not None and os.path.isfile(path):
+    if step is not None and fileio.isfile(path):
         try:
-            with open(path) as f:
-                history = list(json.load(f).get("resumes", []))
+            history = list(json.loads(fileio.read_text(path)).get("resumes", []))
         except (OSError, ValueError):
             history = []
     if step is not None:
         history.append({"step": int(step),
                         "changes": {k: [o, n] for k, (o, n) in changes.items()}})
     out = dict(info, resumes=history)
-    with open(path, "w") as f:
-        json.dump(out, f, indent=1)
+    fileio.write_atomic(path, json.dumps(out, indent=1))
     return out

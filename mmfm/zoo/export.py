@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from mmfm import fileio
 from mmfm.fileio import honour_umask
 from mmfm.models.config import ModelConfig, model_config_from_dict, model_config_to_dict
 from mmfm.zoo import sources
@@ -43,32 +44,46 @@ def default_tokenizer(cfg: ModelConfig) -> TokenizerSpec:
 def save_export(out_dir: str, flat_params: dict, cfg: ModelConfig, *, preprocess: Preprocess,
                 tokenizer: TokenizerSpec, tokenizer_files: Sequence[str] = (),
                 zeroshot: Optional[dict] = None, source: Optional[dict] = None) -> str:
-    """Writes an export directory atomically (a temp dir renamed into place). `tokenizer_files`:
-    the paths of the files `tokenizer.files()` names (copied in under those names)."""
+    """Writes an export directory: locally atomically (a temp dir renamed into place); to a URL
+    uploaded file by file, config.json last. `tokenizer_files`: the paths of the files
+    `tokenizer.files()` names (copied in under those names)."""
     from safetensors.numpy import save_file
 
     flat = common.to_canonical({k: np.asarray(v) for k, v in flat_params.items()})
     common.check_params(flat, cfg, "export")
     flat = {k: (v.astype(np.float32) if v.dtype.kind == "V" or str(v.dtype) == "bfloat16" else v)
             for k, v in flat.items()}
-    by_name = {os.path.basename(f): f for f in tokenizer_files}
+    by_name = {fileio.basename(f): f for f in tokenizer_files}
     for name in tokenizer.files():
-        if name not in by_name or not os.path.isfile(by_name[name]):
+        if name not in by_name or not fileio.isfile(by_name[name]):
             raise FileNotFoundError(f"tokenizer {tokenizer.kind!r} needs its file {name}; got "
                                     f"{list(tokenizer_files)}")
-    out_dir = os.path.abspath(out_dir)
+    meta = {"format": FORMAT, "version": VERSION, "model": model_config_to_dict(cfg),
+            "preprocess": dataclasses.asdict(preprocess), "tokenizer": dataclasses.asdict(tokenizer),
+            "zeroshot": zeroshot or {}, "source": source or {}}
+
+    def write(tmp: str) -> None:
+        save_file({k: np.ascontiguousarray(v) for k, v in flat.items()}, fileio.join(tmp, PARAMS_FILE))
+        for name in tokenizer.files():
+            fileio.copy(by_name[name], fileio.join(tmp, name))
+        with fileio.open(fileio.join(tmp, "config.json"), "w") as f:
+            json.dump(meta, f, indent=1)
+
+    out_dir = fileio.absolute(out_dir)
+    if fileio.is_url(out_dir):
+        # No rename on an object store: written locally, then uploaded with config.json last,
+        # which is what readers open first (an export without it is "not an mmfm export").
+        with tempfile.TemporaryDirectory(prefix="mmfm-export-") as tmp:
+            write(tmp)
+            if fileio.exists(out_dir):
+                fileio.rmtree(out_dir)
+            fileio.copytree(tmp, out_dir, last=("config.json",))
+        return out_dir
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix=".export-")
     try:
-        save_file({k: np.ascontiguousarray(v) for k, v in flat.items()}, os.path.join(tmp, PARAMS_FILE))
-        for name in tokenizer.files():
-            shutil.copyfile(by_name[name], os.path.join(tmp, name))
-        meta = {"format": FORMAT, "version": VERSION, "model": model_config_to_dict(cfg),
-                "preprocess": dataclasses.asdict(preprocess), "tokenizer": dataclasses.asdict(tokenizer),
-                "zeroshot": zeroshot or {}, "source": source or {}}
-        with open(os.path.join(tmp, "config.json"), "w") as f:
-            json.dump(meta, f, indent=1)
+        write(tmp)
         honour_umask(tmp)  # mkdtemp and the safetensors writer make private (0700/0600) entries
         if os.path.exists(out_dir):
             shutil.rmtree(out_dir)
@@ -89,7 +104,7 @@ def export_from_workdir(workdir: str, out_dir: str) -> str:
     pre = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in pre.items()})
     tok_file = run.tokenizer_file
     kind = "hf" if tok_file.endswith(".json") else "sentencepiece"
-    tok = TokenizerSpec(kind, os.path.basename(tok_file), int(cfg.text.context_length),
+    tok = TokenizerSpec(kind, fileio.basename(tok_file), int(cfg.text.context_length),
                         run.tokenizer_lowercase)
     zs = {k: [list(n), list(t)] for k, (n, t) in run.zeroshot.items()}
     return save_export(out_dir, common.flatten(run.params), cfg, preprocess=pre, tokenizer=tok,
@@ -112,7 +127,7 @@ def convert_to_export(src: str, out_dir: str, *, converter: Optional[str] = None
     if arch:
         cfg = get_model_config(arch, **(overrides or {}))
     elif model_config:
-        if not os.path.isfile(model_config):
+        if not fileio.isfile(model_config):
             raise FileNotFoundError(f"--model_config {model_config}: file not found")
         cfg, name = model_config_from_openclip(read_json(model_config, "an open_clip model config"),
                                                where=model_config), model_config
@@ -125,4 +140,4 @@ def convert_to_export(src: str, out_dir: str, *, converter: Optional[str] = None
         raise TokenizerNotFound(info["tokenizer_error"])
     return save_export(out_dir, flat, model_cfg, preprocess=info["preprocess"],
                        tokenizer=info["tokenizer"], tokenizer_files=info["tokenizer_files"],
-                       source={"kind": converter, "path": os.path.abspath(src), "arch": name})
+                       source={"kind": converter, "path": fileio.absolute(src), "arch": name})

@@ -18,6 +18,7 @@ from typing import Optional
 
 import numpy as np
 
+from mmfm import fileio
 from mmfm.models.config import ModelConfig, model_config_from_dict
 from mmfm.zoo.registry import PretrainedTag, Preprocess, TokenizerSpec
 
@@ -52,7 +53,7 @@ def is_offline(override: Optional[bool] = None) -> bool:
 
 def sha256_file(path: str, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with fileio.open(path, "rb") as f:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
@@ -71,8 +72,8 @@ def refuse_pickle(path: str) -> None:
     """Raises for pickle-based files (by suffix, or a pickle protocol header)."""
     stem, suffix = os.path.splitext(path)
     is_pickle = suffix.lower() in PICKLE_SUFFIXES
-    if not is_pickle and os.path.isfile(path) and suffix.lower() not in (".npz", ".safetensors"):
-        with open(path, "rb") as f:
+    if not is_pickle and fileio.isfile(path) and suffix.lower() not in (".npz", ".safetensors"):
+        with fileio.open(path, "rb") as f:
             head = f.read(2)
         is_pickle = len(head) == 2 and head[0] == 0x80 and head[1] <= 5
     if is_pickle:
@@ -92,11 +93,11 @@ def fetch(src: str, *, sha256: Optional[str] = None, cache: Optional[str] = None
     download is deleted. Offline, a URL must already be cached.
     """
     src = os.fspath(src)
-    if not is_url(src):
-        if not os.path.exists(src):
+    if not is_url(src):  # a local path, or a storage URL (gs://...) read in place
+        if not fileio.exists(src):
             raise FileNotFoundError(f"weights not found: {src}")
         refuse_pickle(src)
-        if os.path.isfile(src):
+        if fileio.isfile(src):
             verify_sha256(src, sha256)
         return src
     name = os.path.basename(urllib.parse.urlparse(src).path) or "download"
@@ -206,6 +207,9 @@ def _check_safetensors_size(path: str) -> dict:
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
     refuse_pickle(path)
+    if fileio.is_url(path):
+        with fileio.local_file(path) as local:
+            return read_safetensors(local)
     _check_safetensors_size(path)
     from safetensors import safe_open
 
@@ -222,6 +226,9 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
 
 def read_npz(path: str) -> dict[str, np.ndarray]:
     refuse_pickle(path)
+    if fileio.is_url(path):
+        with fileio.local_file(path) as local:
+            return read_npz(local)
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
@@ -250,10 +257,10 @@ PARAMS_FILE = "params.safetensors"
 
 
 def read_export_config(path: str) -> dict:
-    cfg_path = os.path.join(path, "config.json")
-    if not os.path.isfile(cfg_path):
+    cfg_path = fileio.join(path, "config.json")
+    if not fileio.isfile(cfg_path):
         raise FileNotFoundError(f"{path}: not an mmfm export (config.json missing)")
-    with open(cfg_path) as f:
+    with fileio.open(cfg_path) as f:
         meta = json.load(f)
     if meta.get("format") != FORMAT:
         raise ValueError(f"{cfg_path}: format is {meta.get('format')!r}, expected {FORMAT!r}")
@@ -274,10 +281,10 @@ def load_export(path: str) -> tuple[ModelConfig, dict, dict]:
         cfg = model_config_from_dict(model)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}/config.json: bad 'model' entry: {e}") from None
-    flat = read_safetensors(os.path.join(path, PARAMS_FILE))
+    flat = read_safetensors(fileio.join(path, PARAMS_FILE))
     pre = meta.get("preprocess", {})
     pre = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in pre.items()})
     info = {"preprocess": pre, "tokenizer": TokenizerSpec(**meta.get("tokenizer", {})),
-            "zeroshot": meta.get("zeroshot", {}), "dir": os.path.abspath(path),
+            "zeroshot": meta.get("zeroshot", {}), "dir": fileio.absolute(path),
             "source": meta.get("source", {})}
     return cfg, flat, info

@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 from typing import Callable, Optional
 
+from mmfm import fileio
 from mmfm.data.preprocess import (INCEPTION_MEAN, INCEPTION_STD, OPENAI_MEAN,  # noqa: F401
                                   OPENAI_STD, Preprocess)
 from mmfm.models.config import ModelConfig, text_config, vit_config
@@ -102,14 +103,13 @@ ARCHITECTURES: dict[str, Callable[[], ModelConfig]] = {
 def add_model_config(path: str, name: Optional[str] = None) -> list[str]:
     """Registers open_clip model config JSON files as architectures (as `open_clip.add_model_config`):
     a file (named by its stem, or `name`) or every *.json in a directory. Returns the names."""
-    import glob
     import os
 
     from mmfm.zoo.convert.openclip_config import model_config_from_openclip, read_json
 
-    if os.path.isdir(path):
-        files = sorted(glob.glob(os.path.join(path, "*.json")))
-    elif os.path.isfile(path):
+    if fileio.isdir(path):
+        files = sorted([fileio.join(path, n) for n in fileio.listdir(path) if n.endswith(".json")])
+    elif fileio.isfile(path):
         files = [path]
     else:
         raise FileNotFoundError(f"open_clip model config not found: {path}")
@@ -117,7 +117,7 @@ def add_model_config(path: str, name: Optional[str] = None) -> list[str]:
     for file in files:
         raw = read_json(file, "an open_clip model config")
         model_config_from_openclip(raw, where=file)  # refuse now, not at first use
-        arch = name if name and len(files) == 1 else os.path.splitext(os.path.basename(file))[0]
+        arch = name if name and len(files) == 1 else os.path.splitext(fileio.basename(file))[0]
         ARCHITECTURES[arch] = lambda raw=raw, file=file: model_config_from_openclip(raw, where=file)
         names.append(arch)
     return names

@@ -10,9 +10,9 @@ mmfm, as open_clip itself does, and only when the model's vocabulary is that BPE
 from __future__ import annotations
 
 import json
-import os
 from typing import Optional
 
+from mmfm import fileio
 from mmfm.models.config import ModelConfig
 from mmfm.zoo.registry import CLIP_VOCAB_FILE, TokenizerSpec
 
@@ -32,9 +32,9 @@ class TokenizerNotFound(FileNotFoundError):
 def _config_value(base_dir: str, key: str, default=None):
     """A value from special_tokens_map.json or tokenizer_config.json, if either gives it."""
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
-        path = os.path.join(base_dir, name)
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
+        path = fileio.join(base_dir, name)
+        if fileio.isfile(path):
+            with fileio.open(path, encoding="utf-8") as f:
                 value = json.load(f).get(key)
             if value is not None:
                 return value
@@ -55,21 +55,21 @@ def _pad_id(base_dir: str, kind: str, file: str) -> Optional[int]:
         return None
     if kind == "hf":
         import tokenizers as hf
-        return hf.Tokenizer.from_file(os.path.join(base_dir, file)).token_to_id(pad)
+        return hf.Tokenizer.from_str(fileio.read_text(fileio.join(base_dir, file))).token_to_id(pad)
     if kind == "clip_bpe":
-        with open(os.path.join(base_dir, CLIP_VOCAB_FILE), encoding="utf-8") as f:
+        with fileio.open(fileio.join(base_dir, CLIP_VOCAB_FILE), encoding="utf-8") as f:
             return json.load(f).get(pad)
     return None
 
 
 def spec_for_file(path: str, family: str, context_length: int) -> TokenizerSpec:
     """The TokenizerSpec of one tokenizer file (chosen by the user or found beside the weights)."""
-    name = os.path.basename(path)
-    base = os.path.dirname(os.path.abspath(path))
+    name = fileio.basename(path)
+    base = fileio.dirname(fileio.absolute(path))
     if name.endswith(".json"):
         kind = "hf"
     elif name.endswith(".txt"):
-        if not os.path.isfile(os.path.join(base, CLIP_VOCAB_FILE)):
+        if not fileio.isfile(fileio.join(base, CLIP_VOCAB_FILE)):
             raise TokenizerNotFound(f"{path}: a CLIP BPE merges file needs {CLIP_VOCAB_FILE} beside it")
         kind = "clip_bpe"
     elif name.endswith(".model"):
@@ -95,14 +95,14 @@ def find_tokenizer(base_dir: str, cfg: ModelConfig, family: str, *, explicit: Op
     """
     ctx = cfg.text.context_length
     if explicit is not None:
-        if not os.path.isfile(explicit):
+        if not fileio.isfile(explicit):
             raise TokenizerNotFound(f"--tokenizer {explicit}: file not found")
         spec = spec_for_file(explicit, family, ctx)
-        return spec, _files(spec, os.path.dirname(os.path.abspath(explicit)))
+        return spec, _files(spec, fileio.dirname(fileio.absolute(explicit)))
     for name in SEARCH[family]:
-        path = os.path.join(base_dir, name)
-        if os.path.isfile(path) and (name != "merges.txt" or
-                                     os.path.isfile(os.path.join(base_dir, CLIP_VOCAB_FILE))):
+        path = fileio.join(base_dir, name)
+        if fileio.isfile(path) and (name != "merges.txt" or
+                                     fileio.isfile(fileio.join(base_dir, CLIP_VOCAB_FILE))):
             spec = spec_for_file(path, family, ctx)
             return spec, _files(spec, base_dir)
     if family == "openclip" and cfg.text.vocab_size == SHIPPED_CLIP_VOCAB and not hint:
@@ -113,4 +113,4 @@ def find_tokenizer(base_dir: str, cfg: ModelConfig, family: str, *, explicit: Op
 
 
 def _files(spec: TokenizerSpec, base_dir: str) -> list[str]:
-    return [os.path.join(base_dir, n) for n in spec.files()]
+    return [fileio.join(base_dir, n) for n in spec.files()]

@@ -8,9 +8,9 @@ open_clip_model.safetensors) or a bare open_clip state dict with an architecture
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Optional
 
+from mmfm import fileio
 from mmfm.models.config import ModelConfig
 from mmfm.zoo import pretrained
 from mmfm.zoo.convert import openclip_config
@@ -24,7 +24,7 @@ _RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}  # PIL's e
 
 def _read_json(path: str) -> dict:
     try:
-        with open(path, encoding="utf-8") as f:
+        with fileio.open(path, encoding="utf-8") as f:
             return json.load(f)
     except ValueError as e:
         raise WeightsError(f"{path}: not valid JSON ({e})") from None
@@ -32,22 +32,22 @@ def _read_json(path: str) -> dict:
 
 def detect_converter(path: str) -> str:
     """'mmfm' | 'hf' | 'openclip' | 'big_vision' for a file or directory."""
-    if os.path.isdir(path):
-        cfg_path = os.path.join(path, "config.json")
-        if os.path.isfile(cfg_path):
+    if fileio.isdir(path):
+        cfg_path = fileio.join(path, "config.json")
+        if fileio.isfile(cfg_path):
             cfg = _read_json(cfg_path)
             if cfg.get("format") == "mmfm-export":
                 return "mmfm"
-            if cfg.get("model_type") and os.path.isfile(os.path.join(path, "model.safetensors")):
+            if cfg.get("model_type") and fileio.isfile(fileio.join(path, "model.safetensors")):
                 return "hf"
-        names = os.listdir(path)
+        names = fileio.listdir(path)
         if openclip_config.HUB_CONFIG in names:
             return "openclip"
-        if os.path.isfile(cfg_path) and _read_json(cfg_path).get("model_type"):
+        if fileio.isfile(cfg_path) and _read_json(cfg_path).get("model_type"):
             return "hf"  # an HF directory without its safetensors: convert_source says what is missing
         for n in names:
             if n.endswith(PICKLE_SUFFIXES):
-                refuse_pickle(os.path.join(path, n))
+                refuse_pickle(fileio.join(path, n))
         if any(n.endswith(".npz") for n in names):
             return "big_vision"
         if any(n.endswith(".safetensors") for n in names):
@@ -64,25 +64,25 @@ def detect_converter(path: str) -> str:
 
 
 def _single(path: str, suffix: str, preferred: Optional[str] = None) -> str:
-    if os.path.isfile(path):
+    if fileio.isfile(path):
         return path
-    if preferred and os.path.isfile(os.path.join(path, preferred)):
-        return os.path.join(path, preferred)
-    found = sorted(n for n in os.listdir(path) if n.endswith(suffix))
+    if preferred and fileio.isfile(fileio.join(path, preferred)):
+        return fileio.join(path, preferred)
+    found = sorted(n for n in fileio.listdir(path) if n.endswith(suffix))
     if len(found) != 1:
-        for n in os.listdir(path):
+        for n in fileio.listdir(path):
             if n.endswith(PICKLE_SUFFIXES):
-                refuse_pickle(os.path.join(path, n))
+                refuse_pickle(fileio.join(path, n))
         raise WeightsError(f"{path}: expected one {suffix} file, found {found}")
-    return os.path.join(path, found[0])
+    return fileio.join(path, found[0])
 
 
 def hf_preprocess(base_dir: str, cfg: ModelConfig) -> Preprocess:
     """The image preprocessing of a Hugging Face directory (preprocessor_config.json), else the
     family's default (CLIP: OpenAI mean/std, resize + centre crop; SigLIP: 0.5, squash)."""
     default = default_preprocess(cfg)
-    path = os.path.join(base_dir, "preprocessor_config.json")
-    if not os.path.isfile(path):
+    path = fileio.join(base_dir, "preprocessor_config.json")
+    if not fileio.isfile(path):
         return default
     p = _read_json(path)
     if "max_num_patches" in p:  # Siglip2ImageProcessor (NaFlex): aspect ratio kept, patch budget
@@ -131,7 +131,7 @@ def _openclip(path: str, cfg: Optional[ModelConfig], arch: Optional[str], tokeni
             raise WeightsError(f"{weights}: a bare open_clip state dict; {openclip.NEEDS_CONFIG}")
         cfg, arch = openclip_config.model_config_from_openclip(hub, where=hub_path), hub_path
     model_cfg, flat = openclip.convert(sd, cfg, arch or "the architecture")
-    base = os.path.dirname(os.path.abspath(weights))
+    base = fileio.dirname(fileio.absolute(weights))
     pre = (openclip_config.preprocess_from_hub(hub, model_cfg.image.image_size) if hub
            else default_preprocess(model_cfg))
     hf_tok = ((hub or {}).get("model_cfg", {}).get("text_cfg") or {}).get("hf_tokenizer_name")
@@ -159,18 +159,18 @@ def convert_source(path: str, converter: Optional[str] = None, cfg: Optional[Mod
     if converter == "openclip":
         return _openclip(path, cfg, arch, tokenizer)
     if converter == "hf":
-        if not os.path.isdir(path):
+        if not fileio.isdir(path):
             raise WeightsError(f"{path}: a Hugging Face model is a directory with config.json and "
                                "model.safetensors")
-        cfg_path = os.path.join(path, "config.json")
-        if not os.path.isfile(cfg_path):
+        cfg_path = fileio.join(path, "config.json")
+        if not fileio.isfile(cfg_path):
             raise WeightsError(f"{path}: config.json not found (a Hugging Face model directory has "
                                "config.json beside model.safetensors)")
         config = _read_json(cfg_path)
-        st = os.path.join(path, "model.safetensors")
-        if not os.path.isfile(st):
-            if os.path.isfile(os.path.join(path, "pytorch_model.bin")):
-                refuse_pickle(os.path.join(path, "pytorch_model.bin"))
+        st = fileio.join(path, "model.safetensors")
+        if not fileio.isfile(st):
+            if fileio.isfile(fileio.join(path, "pytorch_model.bin")):
+                refuse_pickle(fileio.join(path, "pytorch_model.bin"))
             raise WeightsError(f"{path}: model.safetensors not found (sharded checkpoints are not "
                                "supported yet)")
         model_cfg, flat = hf.convert(read_safetensors(st), config, cfg, arch=arch, where=cfg_path)
@@ -179,6 +179,6 @@ def convert_source(path: str, converter: Optional[str] = None, cfg: Optional[Mod
                                  **_tokenizer_info(path, model_cfg, family, tokenizer)}
     weights = _single(path, ".npz")
     model_cfg, flat = big_vision.convert(read_npz(weights), cfg)
-    base = os.path.dirname(os.path.abspath(weights))
+    base = fileio.dirname(fileio.absolute(weights))
     return model_cfg, flat, {"preprocess": default_preprocess(model_cfg),
                              **_tokenizer_info(base, model_cfg, "siglip", tokenizer)}

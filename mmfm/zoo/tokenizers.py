@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from mmfm import fileio
 from mmfm.data.tokenizers import Tokenizer, as_text_list, layout_rows
 
 CLIP_MERGES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "clip_bpe_merges.txt")
@@ -64,7 +65,7 @@ class ClipTokenizer:
     def __init__(self, merges_path: str = CLIP_MERGES, *, num_merges: Optional[int] = 48894,
                  vocab_path: Optional[str] = None, pad_id: int = 0):
         for path in (merges_path, vocab_path):
-            if path is not None and not os.path.isfile(path):
+            if path is not None and not fileio.isfile(path):
                 raise FileNotFoundError(f"CLIP BPE file not found: {path}")
         self.path, self.num_merges = os.fspath(merges_path), num_merges
         self.vocab_path, self._pad = vocab_path and os.fspath(vocab_path), pad_id
@@ -73,9 +74,8 @@ class ClipTokenizer:
     def _read_merges(self) -> list[tuple[str, ...]]:
         import gzip
 
-        opener = gzip.open if self.path.endswith(".gz") else open
-        with opener(self.path, "rt", encoding="utf-8") as f:
-            lines = f.read().split("\n")
+        raw = fileio.read_bytes(self.path)
+        lines = (gzip.decompress(raw) if self.path.endswith(".gz") else raw).decode("utf-8").split("\n")
         # As open_clip and transformers read it: skip the version line, at most 48,894 merges.
         limit = self.num_merges if self.num_merges is not None else 49152 - 256 - 2
         merges = [tuple(m.split()) for m in lines[1:limit + 1] if m.strip()]
@@ -96,8 +96,7 @@ class ClipTokenizer:
             vocab = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges]
             self._vocab = {tok: i for i, tok in enumerate(vocab + [self.SOT, self.EOT])}
         else:
-            with open(self.vocab_path, encoding="utf-8") as f:
-                self._vocab = {str(k): int(v) for k, v in json.load(f).items()}
+            self._vocab = {str(k): int(v) for k, v in json.loads(fileio.read_text(self.vocab_path)).items()}
             missing = [t for t in (self.SOT, self.EOT) if t not in self._vocab]
             if missing:
                 raise ValueError(f"{self.vocab_path}: CLIP vocabulary lacks {missing}")

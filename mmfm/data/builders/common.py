@@ -32,6 +32,8 @@ import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
 
+from mmfm import fileio
+
 # Skip reasons (a record counts once, under the first problem found).
 REASONS = (
     "empty_image", "undecodable_image", "truncated_image", "decode_error", "image_too_large",
@@ -341,14 +343,13 @@ class ImageTextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 def dataset_dir(data_dir: str, fmt: str, name: str) -> str:
     """Where `prepare(fmt, name=name, data_dir=data_dir)` stores its files."""
-    return os.path.join(os.fspath(data_dir), fmt, name, VERSION)
+    return fileio.join(os.fspath(data_dir), fmt, name, VERSION)
 
 
 def read_summary(data_dir: str, fmt: str, name: str) -> dict[str, Any]:
-    path = os.path.join(dataset_dir(data_dir, fmt, name), SUMMARY_FILE)
-    if not os.path.isfile(path):
+    path = fileio.join(dataset_dir(data_dir, fmt, name), SUMMARY_FILE)
+    if not fileio.isfile(path):
         raise FileNotFoundError(f"no prepared {fmt} dataset {name!r}: {path} is missing; run "
                                 f"`mmfm data prepare --format {fmt} --name {name} "
                                 f"--data-dir {data_dir} --src ...`")
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(fileio.read_text(path))

@@ -8,14 +8,15 @@ import dataclasses
 import json
 import os
 import re
-import shutil
+import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 import tensorflow_datasets as tfds
 
+from mmfm import fileio
 from mmfm.data.builders import jsonl, wds
-from mmfm.data.builders.common import (SKIPPED_FILE, SUMMARY_FILE, ImageTextBuilder,
+from mmfm.data.builders.common import (SKIPPED_FILE, SUMMARY_FILE, VERSION, ImageTextBuilder,
                                        ImageTextConfig, SkipCounter, dataset_dir, read_summary)
 from mmfm.data.builders.fingerprint import check_same_source, source_fingerprint
 from mmfm.data import quiet
@@ -52,19 +53,35 @@ def prepare(fmt: str, *, src: str, name: str, data_dir: str, vocab_size: int = 8
     unknown = set(options) - valid
     if unknown:
         raise ValueError(f"unknown prepare options {sorted(unknown)}; valid: {sorted(valid)}")
-    src = os.fspath(src)
+    src, data_dir = os.fspath(src), os.fspath(data_dir)
     fp = source_fingerprint(fmt, src)
     out_dir = dataset_dir(data_dir, fmt, name)
-    summary_path = os.path.join(out_dir, SUMMARY_FILE)
-    if os.path.isfile(summary_path) and not overwrite:
+    if fileio.isfile(fileio.join(out_dir, SUMMARY_FILE)) and not overwrite:
         summary = read_summary(data_dir, fmt, name)
-        check_same_source(summary, fmt, name, src, fp, os.fspath(data_dir))
+        check_same_source(summary, fmt, name, src, fp, data_dir)
         asked = {k: getattr(ImageTextConfig(name=name, **options), k) for k in sorted(valid)}
         differ = {k: [summary["options"].get(k), v] for k, v in asked.items()
                   if summary.get("options", {}).get(k) != v}
         return dict(summary, reused=True, **({"options_differ": differ} if differ else {}))
-    if os.path.isdir(os.path.dirname(out_dir)):  # --overwrite, or a build that died half-way
-        shutil.rmtree(os.path.dirname(out_dir))
+    if fileio.isdir(fileio.dirname(out_dir)):  # --overwrite, or a build that died half-way
+        fileio.rmtree(fileio.dirname(out_dir))
+    if not fileio.is_url(data_dir):
+        return _prepare_here(fmt, src, name, data_dir, vocab_size, fp, valid, options)
+    # TFDS writes ArrayRecord files through local file handles only: build in a local staging
+    # directory, then upload, the summary last (it is what marks a prepared dataset).
+    with tempfile.TemporaryDirectory(prefix="mmfm-prepare-") as local:
+        summary = _prepare_here(fmt, src, name, local, vocab_size, fp, valid, options)
+        fileio.copytree(os.path.join(local, fmt, name), fileio.join(data_dir, fmt, name),
+                        last=(os.path.join(VERSION, "dataset_info.json"),
+                              os.path.join(VERSION, SUMMARY_FILE)))
+    return summary
+
+
+def _prepare_here(fmt: str, src: str, name: str, data_dir: str, vocab_size: int, fp: dict,
+                  valid: set, options: Mapping[str, Any]) -> dict[str, Any]:
+    """`prepare` into a local `data_dir`."""
+    out_dir = dataset_dir(data_dir, fmt, name)
+    summary_path = os.path.join(out_dir, SUMMARY_FILE)
     builder = _build(fmt, name, src, data_dir, options)
     train_tokenizer(builder.caption_sample, os.path.join(out_dir, "tokenizer.model"),
                     vocab_size=vocab_size)
@@ -82,10 +99,7 @@ def prepare(fmt: str, *, src: str, name: str, data_dir: str, vocab_size: int = 8
         total.update(c)
     summary["total"] = total.to_dict()
     os.replace(builder.skipped_tmp, os.path.join(out_dir, SKIPPED_FILE))
-    tmp = summary_path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(summary, f, indent=1)
-    os.replace(tmp, summary_path)
+    fileio.write_atomic(summary_path, json.dumps(summary, indent=1))
     return summary
 
 
@@ -155,9 +169,9 @@ def format_summary(summary: Mapping[str, Any], *, data_dir: str | None = None) -
     for reason, count in total["converted"].items():
         lines.append(f"  {'converted':<9} {reason:<28} {count:>8}")
     if total["skipped"] and data_dir is not None:
-        path = os.path.join(dataset_dir(data_dir, summary["format"], summary["name"]),
-                            SKIPPED_FILE)
-        lines.append(f"every skipped record: {os.path.abspath(path)}")
+        path = fileio.join(dataset_dir(data_dir, summary["format"], summary["name"]),
+                           SKIPPED_FILE)
+        lines.append(f"every skipped record: {fileio.absolute(path)}")
     if summary.get("no_test_split"):
         lines.append(f"no test split: {summary['no_test_split']}; evaluations use the train "
                      f"split")

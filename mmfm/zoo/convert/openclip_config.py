@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from typing import Any, Mapping, Optional
 
+from mmfm import fileio
 from mmfm.data.preprocess import Preprocess
 from mmfm.models.config import ModelConfig, TextConfig, VitConfig
 
@@ -127,7 +127,7 @@ def model_config_from_openclip(cfg: Mapping[str, Any], where: str = "open_clip m
 
 def read_json(path: str, what: str) -> dict:
     try:
-        with open(path, encoding="utf-8") as f:
+        with fileio.open(path, encoding="utf-8") as f:
             return json.load(f)
     except ValueError as e:
         raise OpenClipConfigError(f"{path}: {what} is not valid JSON ({e})") from None
@@ -147,6 +147,6 @@ def preprocess_from_hub(cfg: Mapping[str, Any], image_size: int) -> Preprocess:
 
 def hub_config_path(path: str) -> Optional[str]:
     """The open_clip_config.json of a hub-layout directory (or beside a weights file), if any."""
-    base = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
-    cand = os.path.join(base, HUB_CONFIG)
-    return cand if os.path.isfile(cand) else None
+    base = path if fileio.isdir(path) else fileio.dirname(fileio.absolute(path))
+    cand = fileio.join(base, HUB_CONFIG)
+    return cand if fileio.isfile(cand) else None
