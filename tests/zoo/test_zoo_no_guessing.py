@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import mmfm
-from mmfm.zoo import pretrained
+from mmfm.zoo import pretrained, registry
 from mmfm.zoo.convert.common import SourceError
 
 F = os.path.join(os.path.dirname(__file__), "fixtures")
@@ -102,12 +102,14 @@ def test_a_bare_state_dict_is_refused_naming_what_to_pass(bare_state_dict, tmp_p
     assert not (tmp_path / "x").exists()
 
 
-def test_a_bare_state_dict_with_its_model_config_converts(bare_state_dict, model_config_json, tmp_path):
+def test_a_bare_state_dict_with_its_model_config_converts(bare_state_dict, model_config_json, tmp_path,
+                                                           monkeypatch):
     p = cli("convert", "--from", "openclip", bare_state_dict, "--model_config", model_config_json,
             "--out", str(tmp_path / "exp"), "--tokenizer", os.path.join(OC_DIR, "merges.txt"), cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     assert_parity(*mmfm.create_model(str(tmp_path / "exp")), "openclip_tiny")
     # the API route: register the config as open_clip.add_model_config does, then name it
+    monkeypatch.setitem(registry.ARCHITECTURES, "tiny-clip", None)  # removed again after the test
     assert mmfm.add_model_config(model_config_json) == ["tiny-clip"]
     assert_parity(*mmfm.create_model("tiny-clip", pretrained=bare_state_dict), "openclip_tiny")
 
