@@ -228,7 +228,7 @@ def main() -> None:
               file=sys.stderr)
         sys.exit(2)
     ratios = [float(r) for r in args.ratios.split(",")]
-    threads = num_cores()
+    threads, load0 = num_cores(), os.getloadavg()[0]
 
     sys.path[:0] = [ROOT, os.path.join(ROOT, "benchmarks")]
     import jax
@@ -237,7 +237,8 @@ def main() -> None:
     from experiments.configs import demo
 
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; torch threads = {threads} "
-          f"(this machine's cores; XLA's CPU client uses all of them)")
+          f"(this machine's cores; XLA's CPU client uses all of them); "
+          f"load average {load0:.1f} at start")
     t0 = time.perf_counter()
     cases = {(fw, r): MmfmCase(mmfm_config(r, dt), own_batch=True)
              for fw, dt in (("mmfm f32", "float32"), ("mmfm bf16", "bfloat16")) for r in ratios}
@@ -288,6 +289,12 @@ def main() -> None:
           f"warm-up steps); frac_peak = gflops / XLA matmul peak")
     print_table(rows, ["framework", "patch_drop", "batch", "step_ms", "samples_s", "vs_open_clip",
                        "gflop_step", "gflops", "frac_peak", "rounds_samples_s"])
+    spread, worst = max((max(rounds[k]) / min(rounds[k]) - 1, k) for k in rounds)
+    if (args.rounds > 1 and spread > 0.1) or load0 > threads / 2:
+        # torch's OpenMP threads slow down far more than XLA's on an oversubscribed machine.
+        print(f"\nwarning: the machine was busy (load average {load0:.1f} at start, "
+              f"{os.getloadavg()[0]:.1f} at the end, on {threads} cores; round medians differ by up to "
+              f"{spread:.0%}, {worst[0]} at patch drop {worst[1]}): rerun on an idle one before comparing")
 
 
 if __name__ == "__main__":
