@@ -24,7 +24,7 @@ import sys
 from dataclasses import dataclass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DOCS = ("README.md", "TPU_SETUP.md", "experiments/README.md")
+DOCS = ("README.md", "TPU_SETUP.md", "experiments/README.md", "benchmarks/README.md")
 SHELL_LANGS = ("", "bash", "sh", "shell", "console")
 PATH_PREFIXES = ("experiments/", "benchmarks/", "notebooks/", "mmfm/", "tests/")
 _STARTS = ("python", "mmfm ", "make ", "experiments/", "bash ", "sbatch ", "srun ", "gcloud ",

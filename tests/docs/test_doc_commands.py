@@ -1,5 +1,6 @@
-"""Every run command in README.md, TPU_SETUP.md, experiments/README.md and the config docstrings
-names a config, flags and config keys that exist; links and MMFM_* variables resolve."""
+"""Every run command in README.md, TPU_SETUP.md, experiments/README.md, benchmarks/README.md and
+the config docstrings names a config, flags and config keys that exist; links and MMFM_* variables
+resolve."""
 import glob
 import os
 import re
