@@ -151,6 +151,8 @@ def convert_source(path: str, converter: Optional[str] = None, cfg: Optional[Mod
     """
     from mmfm.zoo.convert import big_vision, hf
 
+    if not fileio.exists(path):
+        raise FileNotFoundError(f"{path}: path not found")
     converter = converter or detect_converter(path)
     if converter not in CONVERTERS:
         raise ValueError(f"unknown converter {converter!r}; valid: {', '.join(CONVERTERS)}")
