@@ -209,9 +209,9 @@ def load_eval_model(name: str, pretrained: Optional[str] = None, *, batch_size: 
     model, params, info = _create(name, pretrained, mesh=None, overrides=None, sha256=None,
                                   cache_dir=None, offline=None, seed=0, rules=None)
     zeroshot = {k: (tuple(v[0]), tuple(v[1])) for k, v in (info.zeroshot or {}).items()}
+    tokenizer = make_tokenizer(info.tokenizer, info.base_dir, info.tokenizer_error)  # raises if none
     return EvalModel.from_host_params(
-        model, params, batch_size=batch_size, preprocess=info.preprocess,
-        tokenizer=make_tokenizer(info.tokenizer, info.base_dir, info.tokenizer_error),
+        model, params, batch_size=batch_size, preprocess=info.preprocess, tokenizer=tokenizer,
         context_length=int(info.tokenizer.context_length or model.cfg.text.context_length),
         zeroshot=zeroshot)
 

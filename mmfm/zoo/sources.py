@@ -34,16 +34,15 @@ def detect_converter(path: str) -> str:
     """'mmfm' | 'hf' | 'openclip' | 'big_vision' for a file or directory."""
     if fileio.isdir(path):
         cfg_path = fileio.join(path, "config.json")
-        if fileio.isfile(cfg_path):
-            cfg = _read_json(cfg_path)
-            if cfg.get("format") == "mmfm-export":
-                return "mmfm"
-            if cfg.get("model_type") and fileio.isfile(fileio.join(path, "model.safetensors")):
-                return "hf"
+        cfg = _read_json(cfg_path) if fileio.isfile(cfg_path) else {}
+        if cfg.get("format") == "mmfm-export":
+            return "mmfm"
+        if cfg.get("model_type") and fileio.isfile(fileio.join(path, "model.safetensors")):
+            return "hf"
         names = fileio.listdir(path)
         if openclip_config.HUB_CONFIG in names:
             return "openclip"
-        if fileio.isfile(cfg_path) and _read_json(cfg_path).get("model_type"):
+        if cfg.get("model_type"):
             return "hf"  # an HF directory without its safetensors: convert_source says what is missing
         for n in names:
             if n.endswith(PICKLE_SUFFIXES):

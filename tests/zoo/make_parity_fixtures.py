@@ -244,6 +244,14 @@ def make_gemma_tokenizer(d: str):
     return Siglip2Tokenizer.from_pretrained(d, **kw)  # Gemma + lowercasing: the reference
 
 
+def gemma_text_and_common(tok) -> tuple[dict, dict]:
+    """(text_config, shared tower sizes) of the tiny SigLIP 2 models: Gemma's special ids."""
+    common = dict(hidden_size=W, intermediate_size=MLP, num_hidden_layers=LAYERS,
+                  num_attention_heads=HEADS)
+    return dict(vocab_size=len(tok), max_position_embeddings=CTX, pad_token_id=0, eos_token_id=1,
+                bos_token_id=2, **common), common
+
+
 def make_hf_siglip2():
     """SigLIP 2 at fixed resolution is a SiglipModel with Gemma's tokenizer. 36 px images with
     8 px patches: the stride-8 patch convolution drops the last 4 rows and columns."""
@@ -252,11 +260,8 @@ def make_hf_siglip2():
     d = os.path.join(OUT, "hf_siglip2_tiny")
     shutil.rmtree(d, ignore_errors=True)
     tok = make_gemma_tokenizer(d)
-    common = dict(hidden_size=W, intermediate_size=MLP, num_hidden_layers=LAYERS,
-                  num_attention_heads=HEADS)
-    cfg = SiglipConfig(text_config=dict(vocab_size=len(tok), max_position_embeddings=CTX,
-                                        pad_token_id=0, eos_token_id=1, bos_token_id=2, **common),
-                       vision_config=dict(image_size=36, patch_size=PATCH, **common))
+    text, common = gemma_text_and_common(tok)
+    cfg = SiglipConfig(text_config=text, vision_config=dict(image_size=36, patch_size=PATCH, **common))
     model = SiglipModel(cfg).eval()
     perturb_(model, 4)
     model.save_pretrained(d)
@@ -286,11 +291,8 @@ def make_hf_siglip2_naflex() -> None:
     d = os.path.join(OUT, "hf_siglip2_naflex_tiny")
     shutil.rmtree(d, ignore_errors=True)
     tok = make_gemma_tokenizer(d)
-    common = dict(hidden_size=W, intermediate_size=MLP, num_hidden_layers=LAYERS,
-                  num_attention_heads=HEADS)
-    cfg = Siglip2Config(text_config=dict(vocab_size=len(tok), max_position_embeddings=CTX,
-                                         pad_token_id=0, eos_token_id=1, bos_token_id=2, **common),
-                        vision_config=dict(num_patches=16, patch_size=PATCH, **common))
+    text, common = gemma_text_and_common(tok)
+    cfg = Siglip2Config(text_config=text, vision_config=dict(num_patches=16, patch_size=PATCH, **common))
     model = Siglip2Model(cfg).eval()
     perturb_(model, 6)
     model.save_pretrained(d)
