@@ -24,10 +24,16 @@ def dtype_of(name: str) -> Any:
     return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[name]
 
 
+def gelu_exact(x: Array) -> Array:
+    """x * Phi(x) written with erf, as torch computes it. jax.nn.gelu's erfc form is the same
+    function but its lowering costs ~5x more on CPU, a tenth of a CLIP train step there."""
+    return x * 0.5 * (1.0 + jax.lax.erf(x * np.sqrt(0.5).astype(x.dtype)))
+
+
 def activation(name: str):
     if name == "quick_gelu":  # OpenAI CLIP's x * sigmoid(1.702 x)
         return lambda x: x * jax.nn.sigmoid(1.702 * x)
-    return {"gelu": functools.partial(nn.gelu, approximate=False),
+    return {"gelu": gelu_exact,
             "gelu_tanh": functools.partial(nn.gelu, approximate=True), "relu": nn.relu}[name]
 
 
