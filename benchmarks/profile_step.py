@@ -10,6 +10,7 @@ an HLO op is summed per op and divided by the step count. The compiled HLO says 
 - kind: `matmul` (a dot or convolution, alone or fused), `layout` (a copy or transpose with no
   arithmetic), `reduce` (a fusion with a reduction: softmax, LayerNorm statistics, bias and norm
   gradients), `elementwise` (other fusions), `gather/scatter`;
+- layer: attention, MLP, LayerNorm, embedding/stem, head/pool, or outside the towers;
 - part: forward, backward (`transpose(jvp(...))` in the op's name) or update (optimizer, gradient
   norm, metrics), and the image tower, text tower or the rest (loss, optimizer).
 
@@ -80,6 +81,19 @@ def op_part(op_name: str) -> str:
              else "update")
     tower = ("image" if "/img/" in op_name else "text" if "/txt/" in op_name else "rest")
     return f"{phase} {tower}" if phase != "update" else "update (optimizer, norms, metrics)"
+
+
+def op_module(op_name: str) -> str:
+    """The layer an op belongs to: attention, MLP, LayerNorm, embedding/stem, head/pool, or outside."""
+    m = re.search(r"/block_\d+/([a-z_0-9]+)|/blocks/([a-z_0-9]+)", op_name)
+    if m:
+        sub = m.group(1) or m.group(2)
+        return {"ln1": "layernorm", "ln2": "layernorm"}.get(sub, sub)
+    for key, name in (("embedding", "embedding/stem"), ("/stem/", "embedding/stem"), ("/ln_", "layernorm"),
+                      ("/head/", "head/pool"), ("map_head", "head/pool")):
+        if key in op_name:
+            return name
+    return "outside the towers" if "TwoTower" not in op_name else "tower (other)"
 
 
 def trace_op_times(run, steps: int) -> dict:
@@ -156,6 +170,9 @@ def main() -> None:
     print_table(grouped(times, ops, lambda n: op_kind(info[n], comps)), ["group", "ops", "ms", "share"])
     print("\n# by part of the step")
     print_table(grouped(times, ops, lambda n: op_part(info[n]["op_name"])), ["group", "ops", "ms", "share"])
+    print("\n# by part and layer")
+    print_table(grouped(times, ops, lambda n: f"{op_part(info[n]['op_name'])} / {op_module(info[n]['op_name'])}"),
+                ["group", "ops", "ms", "share"])
     print("\n# by part and kind")
     print_table(grouped(times, ops, lambda n: f"{op_part(info[n]['op_name'])} / {op_kind(info[n], comps)}"),
                 ["group", "ops", "ms", "share"])

@@ -9,6 +9,10 @@ Public API only: the zoo (open_clip-style), the losses and the model configs. Ev
 implementation, importable from its module.
 """
 from mmfm.version import __version__
+from mmfm import host_memory
+
+host_memory.keep_step_memory()  # before JAX starts its CPU threads; see mmfm/host_memory.py
+
 
 from mmfm import losses
 from mmfm.api import (add_model_config, create_model, create_model_and_transforms, encode_image, encode_text,
