@@ -13,7 +13,6 @@ from mmfm import host_memory
 
 host_memory.keep_step_memory()  # before JAX starts its CPU threads; see mmfm/host_memory.py
 
-
 from mmfm import losses
 from mmfm.api import (add_model_config, create_model, create_model_and_transforms, encode_image, encode_text,
                       get_tokenizer, list_models, list_pretrained, load_eval_model, load_model_info,

@@ -5,7 +5,8 @@ XLA:CPU allocates one block for all of a computation's temporaries at every exec
 large from the XLA worker thread's own arena with a fresh mmap, so every step page-faults its whole
 working set back in and unmaps it again: ~200k page faults and a fifth of the step's CPU time spent
 in the kernel. With one malloc arena, no mmap for large blocks and no trimming of the heap's top,
-the block stays in the heap and the next step reuses it (zero page faults per step). The process
+the block stays in the heap and the next step reuses it (after warm-up, no page faults per step
+in most runs). The process
 then keeps its peak host memory, which a training or eval loop needs again at the next step anyway.
 
 Applied once, when mmfm is imported, on Linux with glibc, before JAX starts its CPU worker threads
