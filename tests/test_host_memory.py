@@ -21,28 +21,33 @@ def f(x):  # 3 temporaries of 64 MB each, alive together
 x = jnp.ones((4096, 4096))
 for _ in range(3):
     f(x).block_until_ready()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
+faults = []
+for _ in range(8):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     f(x).block_until_ready()
-print(mmfm.host_memory.keep_step_memory(), (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(mmfm.host_memory.keep_step_memory(), min(faults), max(faults))
 """
 
 
-def faults_per_run(**env) -> tuple[bool, float]:
+def faults_per_run(**env) -> tuple[bool, int, int]:
+    """(tuning applied, fewest and most page faults in one of 8 runs after 3 warm-up runs)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
     out = subprocess.run([sys.executable, "-c", SCRIPT], env=dict(clean, JAX_PLATFORMS="cpu", **env),
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    applied, faults = out.stdout.split()
-    return applied == "True", float(faults)
+    applied, fewest, most = out.stdout.split()
+    return applied == "True", int(fewest), int(most)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning is Linux-only")
 def test_import_mmfm_keeps_step_memory_between_runs():
-    applied, faults = faults_per_run()
+    # 192 MB of temporaries = 49k pages. With the tuning the heap still grows over the first runs
+    # in some address-space layouts (seen: ~10k faults per run for a few runs), then a run touches
+    # no new page: the block is reused. Without it, every run maps and faults the block again.
+    applied, fewest, _ = faults_per_run()
     assert applied
-    # 192 MB of temporaries = 49k pages; a few hundred faults per run are Python's own.
-    assert faults < 1_000, faults
-    applied_off, faults_off = faults_per_run(MMFM_HOST_MALLOC="0")
+    assert fewest < 1_000, fewest
+    applied_off, fewest_off, _ = faults_per_run(MMFM_HOST_MALLOC="0")
     assert not applied_off
-    assert faults_off > 20_000, faults_off  # every run maps and faults its temporaries again
+    assert fewest_off > 20_000, fewest_off
