@@ -69,6 +69,8 @@ def main() -> None:
             json.dump(dict(model=args.model, losses=losses), f)
         print(f"{len(losses)} steps of {args.model}: final {losses[-1]} -> {args.save}")
         return
+    if not os.path.isfile(args.compare):
+        ap.error(f"--compare {args.compare}: no such file (write it first with --save)")
     with open(args.compare) as f:
         ref = json.load(f)
     losses = run_losses(ref["model"], len(ref["losses"]))
