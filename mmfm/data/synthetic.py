@@ -66,7 +66,7 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def _position_phrase(x: float, y: float) -> str:
+def position_phrase(x: float, y: float) -> str:
     """Names the 3x3 grid cell holding the centre (x, y), both in [0, 1]."""
     col = "left" if x < 1 / 3 else "right" if x > 2 / 3 else ""
     row = "top" if y < 1 / 3 else "bottom" if y > 2 / 3 else ""
@@ -111,7 +111,7 @@ def compose_caption(objects: Sequence[Mapping[str, Any]], rng: np.random.Generat
         words.append(obj["shape"] if keep["shape"] else "shape")
         phrase = f"{_article(words[0])} {' '.join(words)}"
         if keep["position"]:
-            phrase += " " + _position_phrase(float(obj["x"]), float(obj["y"]))
+            phrase += " " + position_phrase(float(obj["x"]), float(obj["y"]))
         phrases.append(phrase)
     if len(phrases) == 1:
         return phrases[0]
@@ -224,6 +224,19 @@ def render(objects: Sequence[Mapping[str, Any]], image_size: int, background: in
             rgb = np.clip(rgb + rng.integers(-12, 13, size=3), 0, 255)
         _draw_object(draw, obj, tuple(int(c) for c in rgb))
     return image
+
+
+def object_mask(objects: Sequence[Mapping[str, Any]], image_size: int) -> np.ndarray:
+    """uint8 `[image_size, image_size]`: 0 on the background, i + 1 where object i is drawn.
+
+    Drawn with the same geometry as `render`, so it is the exact pixel footprint of each object
+    (the dense probe's per-patch labels come from it).
+    """
+    mask = Image.new("L", (image_size, image_size), 0)
+    draw = ImageDraw.Draw(mask)
+    for i, obj in enumerate(objects):
+        _draw_object(draw, obj, i + 1)
+    return np.asarray(mask, np.uint8)
 
 
 def generate_example(seed: int, split: str, index: int, image_size: int,

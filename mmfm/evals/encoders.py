@@ -119,6 +119,15 @@ class MeshEncoder:
         """float32 `[n, H, W, 3]` normalised images -> L2-normalised `[n, D]`."""
         return self.map_batches("image", self._encode_image, params, np.asarray(images, np.float32))
 
+    def _patch_tokens(self, params, x):
+        return self.model.apply({"params": params}, x, method=self.model.encode_image)[1]["tokens"]
+
+    def patch_tokens(self, params, images: np.ndarray) -> np.ndarray:
+        """float32 `[n, H, W, 3]` normalised images -> the image tower's patch tokens `[n, N, W]`
+        (after its last LayerNorm, before pooling): the features a dense probe reads."""
+        return self.map_batches("patch_tokens", self._patch_tokens, params,
+                                np.asarray(images, np.float32))
+
     def tokens(self, params, tokens: np.ndarray) -> np.ndarray:
         """int32 `[n, L]` token rows -> L2-normalised `[n, D]`."""
         return self.map_batches("text", self._encode_text, params, np.asarray(tokens, np.int32))

@@ -144,7 +144,7 @@ def linear_probe(train_x, train_y, test_x, test_y, *, num_classes: int | None = 
 
   Returns:
     `{"accuracy": test accuracy, "best_l2": float, "val_accuracy": at best_l2,
-      "val_accuracies": {l2: accuracy}}`.
+      "val_accuracies": {l2: accuracy}, "predictions": int [m] test predictions}`.
   """
   train_x, train_y = np.asarray(train_x), np.asarray(train_y)
   test_x, test_y = np.asarray(test_x), np.asarray(test_y)
@@ -172,8 +172,9 @@ def linear_probe(train_x, train_y, test_x, test_y, *, num_classes: int | None = 
   # Refit on all of train (fresh statistics) with the chosen penalty.
   train_xs, test_xs = standardize(train_x, test_x)
   params = fit_logreg(train_xs, train_y, num_classes, best_l2, max_iter=max_iter)
-  return {"accuracy": _accuracy(params, test_xs, test_y), "best_l2": best_l2,
-          "val_accuracy": val_acc[best_l2], "val_accuracies": val_acc}
+  pred = np.asarray(jnp.argmax(predict_logreg(params, test_xs), -1))
+  return {"accuracy": float(np.mean(pred == test_y)), "best_l2": best_l2,
+          "val_accuracy": val_acc[best_l2], "val_accuracies": val_acc, "predictions": pred}
 
 
 def sample_few_shot(labels, shots: int, seed: int, num_classes: int | None = None):

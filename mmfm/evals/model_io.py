@@ -113,6 +113,10 @@ class EvalModel:
             out.append(self.encoder.class_logits(self.params, images))
         return np.concatenate(out) if out else np.zeros((0, self.model.cfg.num_classes), np.float32)
 
+    def patch_tokens(self, images: Sequence[Any]) -> np.ndarray:
+        """Raw images -> the image tower's patch tokens `[n, num_patches, width]`, float32."""
+        return self.encoder.patch_tokens(self.params, self.preprocess_images(images))
+
     def encode_tokens(self, tokens: np.ndarray) -> np.ndarray:
         return self.encoder.tokens(self.params, tokens)
 
