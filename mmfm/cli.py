@@ -444,7 +444,10 @@ examples:
   mmfm eval --checkpoint runs/demo                        the run's own end-of-training eval
   mmfm eval --checkpoint runs/demo --config CFG.py        the evaluators of CFG.evals.evaluators
   mmfm eval --model ViT-B-32 --pretrained openai --config CFG.py --out DIR
-results: OUT/eval_results.json (step, source, metrics, timings), OUT/metrics.jsonl, OUT/tb/"""
+  mmfm eval --checkpoint runs/demo --suite shapes         compositional, per-group, dense probe
+  mmfm eval --model ViT-B-32 --pretrained openai --suite datacomp --data_dir TFDS --out DIR
+results: OUT/eval_results.json (step, source, metrics, timings), OUT/metrics.jsonl, OUT/tb/;
+with --suite: OUT/suite_results.{md,json} and a row of OUT/<suite>_results.csv (or --csv)"""
 
 
 
@@ -464,12 +467,48 @@ def eval_main(argv=None) -> None:
         flags.DEFINE_string("pretrained", None, "pretrained tag for --model")
         flags.DEFINE_string("out", None, "results directory (default: <workdir>/eval)")
         flags.DEFINE_string("data_dir", None, "dataset directory (default: config.data.dir)")
+        flags.DEFINE_string("suite", None, "run an evaluation suite instead of config evaluators: "
+                            "shapes, clip_benchmark or datacomp")
+        flags.DEFINE_string("csv", None, "with --suite: results CSV (open_clip's layout) to add "
+                            "this model's row to (default: OUT/<suite>_results.csv)")
+        flags.DEFINE_string("name", None, "with --suite: the model's name in the CSV (default: the "
+                            "run directory's name, or --model)")
+        flags.DEFINE_integer("max_examples", None, "with --suite: at most this many examples per "
+                             "benchmark task (a quick look, not a published number)")
+
+    def suite():
+        from mmfm.evals import standalone
+        from mmfm.evals.suites import SUITES
+
+        if f.suite not in SUITES:
+            raise UsageError(f"--suite {f.suite!r} is not a suite; valid: {', '.join(SUITES)}")
+        batch_size = int(standalone.config_get(f.config, "evals.batch_size", 256))
+        if f.checkpoint is not None:
+            return standalone.suite_on_checkpoint(
+                f.suite, f.checkpoint, out=f.out, data_dir=f.data_dir, csv_path=f.csv,
+                max_examples=f.max_examples, batch_size=batch_size)
+        if not f.out:
+            raise UsageError("--model needs --out DIR (where results are written)")
+        data_dir = f.data_dir or standalone.config_get(f.config, "data.dir")
+        if f.suite == "shapes" and not data_dir:
+            raise UsageError("--suite shapes with --model needs --data_dir (where the built-in "
+                             "data is built or found)")
+        from mmfm.api import load_eval_model
+        m = load_eval_model(f.model, f.pretrained, batch_size=batch_size)
+        shapes = {k: v for k in ("image_size", "num_train", "num_test", "seed")
+                  if (v := standalone.config_get(f.config, f"data.{k}")) is not None}
+        return standalone.evaluate_suite(
+            f.suite, m, out_dir=f.out, name=f.name or f.model, pretrained=f.pretrained or "",
+            data_dir=data_dir, shapes=shapes, csv_path=f.csv, max_examples=f.max_examples,
+            source={"model": f.model, "pretrained": f.pretrained})
 
     def run():
         from mmfm.evals import standalone
 
         if (f.checkpoint is None) == (f.model is None):
             raise UsageError("give exactly one of --checkpoint PATH or --model NAME_OR_EXPORT_PATH")
+        if f.suite is not None:
+            return suite()
         if f.checkpoint is not None:
             return standalone.evaluate_checkpoint(f.config, f.checkpoint, out=f.out,
                                                   data_dir=f.data_dir)
@@ -490,7 +529,8 @@ def eval_main(argv=None) -> None:
 
     _run_absl(main, argv, prog="mmfm eval", usage="(--checkpoint RUN | --model NAME_OR_PATH) "
               "[--config FILE[:ARG]] [--out DIR] [--config.KEY=VALUE ...]",
-              names=("checkpoint", "model", "pretrained", "config", "out", "data_dir"),
+              names=("checkpoint", "model", "pretrained", "config", "out", "data_dir", "suite",
+                     "csv", "name", "max_examples"),
               epilog=EVAL_EPILOG)
 
 

@@ -14,6 +14,10 @@ Built on these (import the modules directly; they load TFDS/flax models):
   datasets: named eval datasets (cifar10/100, imagenet2012, coco_captions, captioned_shapes) and
     the shipped class names / prompt templates (mmfm/evals/data/*.json).
   pictures: PIL grids of top retrievals and MAE reconstructions.
+  suites: `mmfm eval --suite` (shapes, clip_benchmark, datacomp) over the task registry (tasks,
+    task_data), with shapes_suite (per-group results, compositional hard negatives from
+    compositional, the dense probe of dense_probe), group_metrics (mean per-class recall,
+    worst-group accuracy) and suite_report (markdown, JSON, open_clip-style CSV).
 Fine-tuning is training: a classification term in the one Trainer (`loss.classify_weight`,
 `model.num_classes`; experiments/configs/finetune_shapes.py).
 """

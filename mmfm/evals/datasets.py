@@ -28,8 +28,9 @@ import numpy as np
 from mmfm.data.catalog import coco_captions_builder  # TF-free TFDS builder
 
 __all__ = ["CLASSIFICATION", "RETRIEVAL", "ClassificationData", "ImageSource", "RetrievalData",
-           "corpus_name", "is_dataset", "load_classification", "load_prompts", "load_retrieval",
-           "prompts_path"]
+           "classification_from_source", "corpus_name", "is_dataset", "load_classification",
+           "load_prompts", "load_retrieval", "prompts_path", "retrieval_from_source",
+           "shapes_source"]
 
 _DATA = os.path.join(os.path.dirname(__file__), "data")
 # name -> {split alias: TFDS split}. "test" means the split used for reporting.
@@ -123,7 +124,8 @@ def _take(n: int, max_examples: Optional[int]) -> np.ndarray:
     return np.arange(n if not max_examples else min(n, int(max_examples)))
 
 
-def _shapes_source(split: str, data_dir: Optional[str], shapes: Optional[dict]):
+def shapes_source(split: str, data_dir: Optional[str], shapes: Optional[dict]):
+    """Random-access captioned-shapes records of `split`, built on first use under `data_dir`."""
     from mmfm.data import synthetic
 
     if not data_dir:
@@ -199,22 +201,29 @@ def load_classification(name: str, split: str = "test", *, data_dir: Optional[st
         key = label_key or "shape"
         if key not in ZEROSHOT:
             raise ValueError(f"captioned_shapes label_key {key!r}; valid: {sorted(ZEROSHOT)}")
-        src = _shapes_source(tfds_split, data_dir, shapes)
+        src = shapes_source(tfds_split, data_dir, shapes)
         idx = _take(len(src), max_examples)
         rows = [src[int(i)] for i in idx]
         keep = np.array([int(r["num_objects"]) == 1 for r in rows])
         labels = np.array([int(r[key]) for r in rows], np.int32)[keep]
         names, templates = ZEROSHOT[key]
         return ClassificationData(ImageSource(src, idx[keep]), labels, tuple(names), tuple(templates))
-    key = label_key or "label"
-    src = _tfds_source(name, split, tfds_split, data_dir)
-    idx = _take(len(src), max_examples)
-    labels = np.array([int(src[int(i)][key]) for i in idx], np.int32)
     names, templates = load_prompts(name)
-    if labels.size and labels.max() >= len(names):
-        raise ValueError(f"{name}/{split}: label {labels.max()} but {prompts_path(name)} lists "
-                         f"{len(names)} classes")
-    return ClassificationData(ImageSource(src, idx), labels, names, templates)
+    return classification_from_source(_tfds_source(name, split, tfds_split, data_dir),
+                                      f"{name}/{split}", label_key or "label", names, templates,
+                                      max_examples, names_from=prompts_path(name))
+
+
+def classification_from_source(src, where: str, label_key: str, classnames: Sequence[str],
+                               templates: Sequence[str], max_examples: Optional[int] = None, *,
+                               names_from: str = "the class names") -> ClassificationData:
+    """Labelled images of any random-access source whose records hold `label_key` class ids."""
+    idx = _take(len(src), max_examples)
+    labels = np.array([int(src[int(i)][label_key]) for i in idx], np.int32)
+    if labels.size and labels.max() >= len(classnames):
+        raise ValueError(f"{where}: label {labels.max()} but {names_from} lists "
+                         f"{len(classnames)} classes")
+    return ClassificationData(ImageSource(src, idx), labels, tuple(classnames), tuple(templates))
 
 
 def _texts(value) -> list[str]:
@@ -230,9 +239,15 @@ def load_retrieval(name: str, split: str = "test", *, data_dir: Optional[str] = 
     if corpus_name(name) is not None:
         src = _corpus_source(name, split, data_dir)
     elif name == "captioned_shapes":
-        src = _shapes_source(tfds_split, data_dir, shapes)
+        src = shapes_source(tfds_split, data_dir, shapes)
     else:
         src = _tfds_source(name, split, tfds_split, data_dir)
+    return retrieval_from_source(src, f"{name}/{split}", max_examples, caption_fn)
+
+
+def retrieval_from_source(src, where: str, max_examples: Optional[int] = None,
+                          caption_fn: Optional[Callable[[dict], list[str]]] = None) -> RetrievalData:
+    """Captioned images of any random-access source (`captions/text`, `captions` or `caption`)."""
     idx = _take(len(src), max_examples)
     captions, t2i = [], []
     for j, i in enumerate(idx):
@@ -246,7 +261,7 @@ def load_retrieval(name: str, split: str = "test", *, data_dir: Optional[str] = 
         else:
             texts = _texts(record["caption"])
         if not texts:
-            raise ValueError(f"{name}/{split} example {int(i)} has no caption")
+            raise ValueError(f"{where} example {int(i)} has no caption")
         captions += texts
         t2i += [j] * len(texts)
     return RetrievalData(ImageSource(src, idx), captions, np.asarray(t2i, np.int32))

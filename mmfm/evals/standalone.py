@@ -106,3 +106,40 @@ def evaluate_checkpoint(config, checkpoint: str, *, out: Optional[str] = None,
         return evaluate_training_data(run_cfg, m, out_dir=out, step=run.step, source=source)
     return evaluate(config.evals, m, out_dir=out, step=run.step, data_dir=data_dir, shapes=shapes,
                     source=source)
+
+
+def evaluate_suite(suite: str, model, *, out_dir: str, name: str, pretrained: str = "",
+                   data_dir: Optional[str] = None, shapes: Optional[dict] = None,
+                   csv_path: Optional[str] = None, max_examples: Optional[int] = None,
+                   source: Optional[dict] = None) -> dict:
+    """Runs suite `suite` (`mmfm.evals.suites`) on an `EvalModel`; writes and prints the results."""
+    from mmfm.evals import suite_report, suites
+
+    result = suites.run_suite(suite, model, data_dir=data_dir, shapes=shapes,
+                              max_examples=max_examples)
+    params_m, flops_b = suites.model_size(model)
+    table = suite_report.write_suite_results(result, out_dir, name=name, pretrained=pretrained,
+                                             csv_path=csv_path, params_m=params_m,
+                                             flops_b=flops_b, source=source)
+    print(table, flush=True)
+    return result
+
+
+def suite_on_checkpoint(suite: str, checkpoint: str, *, out: Optional[str] = None,
+                        data_dir: Optional[str] = None, csv_path: Optional[str] = None,
+                        max_examples: Optional[int] = None, batch_size: int = 256) -> dict:
+    """A suite on a training run (read-only): its data settings, results in <workdir>/suite_NAME."""
+    import ml_collections
+
+    from mmfm.evals.model_io import EvalModel
+
+    m = EvalModel.from_checkpoint(checkpoint, batch_size=batch_size)
+    run = m.run
+    data = ml_collections.ConfigDict(run.config).data
+    shapes = {k: data[k] for k in ("image_size", "num_train", "num_test", "seed") if k in data}
+    return evaluate_suite(
+        suite, m, out_dir=out or fileio.join(run.workdir, f"suite_{suite}"),
+        name=fileio.basename(fileio.absolute(run.workdir).rstrip("/")),
+        pretrained=f"step{run.step}", data_dir=data_dir or data.get("dir"), shapes=shapes,
+        csv_path=csv_path, max_examples=max_examples,
+        source={"checkpoint": fileio.absolute(checkpoint), "step": run.step})

@@ -166,6 +166,20 @@ def evaluated(out: str, like_run: str) -> Callable[[Ctx], None]:
     return check
 
 
+def suite_ran(out: str, suite: str) -> Callable[[Ctx], None]:
+    """`mmfm eval --suite` wrote its JSON (every task run, an average) and its CSV row."""
+    def check(ctx):
+        with open(os.path.join(ctx.path(out), "suite_results.json")) as f:
+            res = json.load(f)
+        assert res["suite"] == suite and res["average"] is not None, res.get("missing")
+        assert all(r["status"] == "ok" for r in res["rows"]), res["rows"]
+        with open(os.path.join(ctx.path(out), f"{suite}_results.csv")) as f:
+            header, row = f.read().splitlines()[:2]
+        assert header.startswith("name,pretrained,params (M),FLOPs (B),Average perf."), header
+        assert row.split(",")[0] == "demo", row
+    return check
+
+
 def exported(out: str) -> Callable[[Ctx], None]:
     def check(ctx):
         files = os.listdir(ctx.path(out))
@@ -227,6 +241,9 @@ RULES = (
          checks=(trained("/tmp/demo_tiny"), exists("/tmp/data/captioned_shapes"))),
     Rule("Train, evaluate, export", "mmfm eval --checkpoint runs/demo --out runs/demo_eval",
          checks=(evaluated("runs/demo_eval", like_run="runs/demo"),)),
+    Rule("Train, evaluate, export", "mmfm eval --checkpoint runs/demo --suite shapes "
+                                    "--out runs/demo_suite",
+         checks=(suite_ran("runs/demo_suite", "shapes"),)),
     Rule("Train, evaluate, export", "mmfm export --workdir runs/demo --out runs/demo_export",
          checks=(exported("runs/demo_export"),)),
     Rule("Bring your own data", None, skip=True,
