@@ -57,6 +57,7 @@ def _zeroshot_task(task, m, data_dir, max_examples) -> dict:
            "examples": len(data.labels)}
     if task.group_key:
         groups = [data.images.source[int(i)][task.group_key] for i in data.images.indices]
+        groups = [g.decode() if isinstance(g, bytes) else g for g in groups]  # Text features
         for k in (1, 5):
             g = group_accuracy(topk_correct(logits, data.labels, min(k, logits.shape[1])), groups)
             out[f"worst_group_top{k}"] = g["worst"]

@@ -179,3 +179,53 @@ def test_a_user_prepared_dataset_fills_a_task_without_builder(tiny_model, tmp_pa
     row = next(r for r in result["rows"] if r["task"] == "fer2013")
     assert row["status"] == "ok" and row["examples"] == 9 and 0 <= row["value"] <= 1
     assert sum(r["status"] == "ok" for r in result["rows"]) == 1
+
+
+class _UserGeode(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """GeoDE-like: objects photographed in several regions; scored by the worst region."""
+    name = "geode"
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(16, 16, 3), encoding_format="png"),
+            "label": tfds.features.ClassLabel(names=["bag", "car", "dog", "tree"]),
+            "region": tfds.features.Text()}))
+
+    def _split_generators(self, dl_manager):
+        return {"test": self._generate_examples()}
+
+    def _generate_examples(self):
+        from PIL import Image
+
+        rng = np.random.default_rng(1)
+        for i in range(24):
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(buf, "PNG")
+            yield i, {"image": buf.getvalue(), "label": i % 4, "region": ("africa", "europe",
+                                                                           "asia")[i % 3]}
+
+
+def test_worst_group_of_a_grouped_task_is_the_worst_region(tiny_model, tmp_path):
+    from mmfm.evals import task_data
+    from mmfm.evals.zeroshot import class_embeddings
+
+    # The task is "fairness/geode": its user directory is DATA_DIR/fairness/geode/<version>.
+    _UserGeode(data_dir=str(tmp_path / "fairness"), file_format="array_record").download_and_prepare()
+    task = tasks.get_task("fairness/geode")
+    assert task.metric == "worst_group_top1" and task.group_key == "region"
+    result = run_suite("datacomp", tiny_model, data_dir=str(tmp_path))
+    row = next(r for r in result["rows"] if r["task"] == task.name)
+    assert row["status"] == "ok" and row["examples"] == 24
+
+    # Independent: the per-region top-1 of the same embeddings, by hand.
+    data = task_data.load_task_classification(task, str(tmp_path))
+    img = tiny_model.encode_image_source(data.images)
+    cls = np.asarray(class_embeddings(tiny_model.encode_texts, list(data.classnames),
+                                      list(data.templates)))
+    pred = np.argmax(img @ cls.T, axis=1)
+    regions = np.array([data.images.source[int(i)]["region"] for i in data.images.indices])
+    per_region = [np.mean(pred[regions == r] == data.labels[regions == r])
+                  for r in np.unique(regions)]
+    assert row["value"] == pytest.approx(min(per_region))
+    assert result["metrics"][f"{task.name}/top1"] == pytest.approx(np.mean(pred == data.labels))
