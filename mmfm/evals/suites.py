@@ -51,15 +51,19 @@ def _zeroshot_task(task, m, data_dir, max_examples) -> dict:
         m.cache[key] = class_embeddings(m.encode_texts, list(data.classnames), list(data.templates))
     cls = m.cache[key]
     logits = np.asarray(zeroshot_logits(img, cls))
-    out = {"top1": float(np.mean(topk_correct(logits, data.labels, 1))),
-           "top5": float(np.mean(topk_correct(logits, data.labels, min(5, logits.shape[1])))),
-           "mean_per_class_recall": mean_per_class_recall(np.argmax(logits, 1), data.labels),
-           "examples": len(data.labels)}
+    labels = data.labels
+    if task.classes_present:  # e.g. ImageNet-R: its 200 classes of ImageNet's 1000 ids
+        present = np.unique(labels)
+        logits, labels = logits[:, present], np.searchsorted(present, labels).astype(np.int32)
+    out = {"top1": float(np.mean(topk_correct(logits, labels, 1))),
+           "top5": float(np.mean(topk_correct(logits, labels, min(5, logits.shape[1])))),
+           "mean_per_class_recall": mean_per_class_recall(np.argmax(logits, 1), labels),
+           "examples": len(labels)}
     if task.group_key:
         groups = [data.images.source[int(i)][task.group_key] for i in data.images.indices]
         groups = [g.decode() if isinstance(g, bytes) else g for g in groups]  # Text features
         for k in (1, 5):
-            g = group_accuracy(topk_correct(logits, data.labels, min(k, logits.shape[1])), groups)
+            g = group_accuracy(topk_correct(logits, labels, min(k, logits.shape[1])), groups)
             out[f"worst_group_top{k}"] = g["worst"]
     return out
 

@@ -47,8 +47,6 @@ DERIVED = "labels derived from object annotations: not adapted yet"
 BOTH = ("clip_benchmark", "datacomp")
 CB = ("clip_benchmark",)
 DC = ("datacomp",)
-# The benchmarks score ImageNet-A/-R among their 200 classes only; TFDS labels are ImageNet ids.
-SUBSET_200 = "TFDS labels are the 1000 ImageNet ids; the benchmarks rank only its 200 classes"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +64,10 @@ class Task:
     suites: tuple[str, ...] = ()
     prompts: str = ""  # stem of mmfm/evals/data/<prompts>.json (zero-shot tasks with TFDS data)
     note: str = ""  # where this project's setup differs from the benchmark's
+    # Rank only the classes that occur in the split: ImageNet-A / -R are labelled with ImageNet's
+    # 1000 ids but the benchmarks score them among their own 200 classes (all present in the
+    # full splits; with --max_examples, among those the examples have).
+    classes_present: bool = False
 
 
 def _zs(name: str, column: str, tfds_name: Optional[str], prompts: str = "", **kw) -> Task:
@@ -99,9 +101,11 @@ _ALL = [
     _zs("imagenet_sketch", "ImageNet Sketch", "imagenet_sketch", "imagenet2012", suites=BOTH),
     _zs("imagenetv2", "ImageNet v2", "imagenet_v2/matched-frequency", "imagenet2012",
         suites=BOTH),
-    _zs("imagenet-a", "ImageNet-A", "imagenet_a", "imagenet2012", note=SUBSET_200, suites=BOTH),
+    _zs("imagenet-a", "ImageNet-A", "imagenet_a", "imagenet2012", classes_present=True,
+        suites=BOTH),
     _zs("imagenet-o", "ImageNet-O", None, suites=BOTH),
-    _zs("imagenet-r", "ImageNet-R", "imagenet_r", "imagenet2012", note=SUBSET_200, suites=BOTH),
+    _zs("imagenet-r", "ImageNet-R", "imagenet_r", "imagenet2012", classes_present=True,
+        suites=BOTH),
     _zs("vtab/kitti_closest_vehicle_distance", "KITTI Vehicle Distance", None, reason=DERIVED,
         suites=BOTH),
     _zs("mnist", "MNIST", "mnist", "mnist", suites=BOTH),

@@ -229,3 +229,22 @@ def test_worst_group_of_a_grouped_task_is_the_worst_region(tiny_model, tmp_path)
                   for r in np.unique(regions)]
     assert row["value"] == pytest.approx(min(per_region))
     assert result["metrics"][f"{task.name}/top1"] == pytest.approx(np.mean(pred == data.labels))
+
+
+def test_imagenet_r_ranks_only_its_own_classes(tiny_model, tmp_path):
+    """ImageNet-R's labels are ImageNet ids; it is scored among the classes it has, not 1000."""
+    from mmfm.evals import task_data
+    from mmfm.evals.zeroshot import class_embeddings
+
+    task = tasks.get_task("imagenet-r")
+    assert task.classes_present and not tasks.get_task("imagenet1k").classes_present
+    with tfds.testing.mock_data(num_examples=40):
+        result = run_suite("datacomp", tiny_model, data_dir=str(tmp_path))
+        data = task_data.load_task_classification(task, str(tmp_path))
+    img = tiny_model.encode_image_source(data.images)
+    cls = np.asarray(class_embeddings(tiny_model.encode_texts, list(data.classnames),
+                                      list(data.templates)))
+    present = np.unique(data.labels)
+    assert 1 < len(present) < 1000
+    pred = present[np.argmax(img @ cls[present].T, axis=1)]
+    assert result["metrics"]["imagenet-r/top1"] == pytest.approx(np.mean(pred == data.labels))
