@@ -66,7 +66,7 @@ def markdown_table(result: dict, *, groups: bool = True) -> str:
     """The suite's tasks (value or "missing: why"), its average, and for `shapes` the details."""
     lines = [f"### Suite `{result['suite']}`", "", "| task | metric | value |", "|---|---|---|"]
     for r in result["rows"]:
-        value = f"{r['value']:.4f}" if r["status"] == "ok" else f"missing: {r.get('detail', '')}"
+        value = f"{r['value']:.4f}" if r["status"] == "ok" else f"{r['status']}: {r.get('detail', '')}"
         if r.get("note"):  # where the setup differs from the published benchmark
             value += f" (note: {r['note']})"
         lines.append(f"| {r['column']} | {r['metric']} | {value} |")
@@ -77,7 +77,7 @@ def markdown_table(result: dict, *, groups: bool = True) -> str:
         avg = result["average_of_present"]
         note = f"; {present} present average {avg:.4f}" if avg is not None else ""
         lines.append(f"| **average** | | not computed: {len(result['missing'])} of "
-                     f"{result['num_tasks']} tasks missing{note} |")
+                     f"{result['num_tasks']} tasks missing or failed{note} |")
     if groups and result.get("metrics") and result["suite"] == "shapes":
         lines += ["", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4f} |" for k, v in sorted(result["metrics"].items())]

@@ -90,6 +90,11 @@ def _benchmark_suite(suite: str, m, data_dir, max_examples) -> dict:
             row.update(status="missing", detail=str(e))
             rows.append(row)
             continue
+        except ValueError as e:  # bad data of one task: the others still run, the row says why
+            log.error("%s: %s", task.name, e)
+            row.update(status="error", detail=str(e))
+            rows.append(row)
+            continue
         if task.metric not in res:
             raise ValueError(f"task {task.name}: its metric {task.metric!r} is not computed by "
                              f"this suite runner (computed: {sorted(res)})")

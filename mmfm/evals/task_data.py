@@ -13,6 +13,7 @@ which a suite reports as missing.
 """
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 from mmfm import fileio
@@ -22,6 +23,7 @@ from mmfm.evals import datasets as ds
 __all__ = ["DEFAULT_TEMPLATES", "DatasetMissing", "load_task_classification",
            "load_task_retrieval", "open_prepared_tfds", "user_prepared_dir"]
 
+log = logging.getLogger("mmfm")
 # For a user-prepared dataset without a prompts file of this project.
 DEFAULT_TEMPLATES = ("a photo of a {}.", "a photo of the {}.")
 
@@ -99,6 +101,8 @@ def load_task_classification(task, data_dir: Optional[str] = None,
     where = f"{task.name} ({task.tfds_name or 'user-prepared'}, split {task.split!r})"
     if info is None:  # catalog data: the project's class names and templates
         names, templates = ds.load_prompts(task.prompts)
+        if task.derived:
+            return _derived_classification(task, src, where, names, templates, max_examples)
         return ds.classification_from_source(src, where, task.label_key, names, templates,
                                              max_examples, names_from=ds.prompts_path(task.prompts))
     feature = info.features[task.label_key] if task.label_key in info.features else None
@@ -109,6 +113,32 @@ def load_task_classification(task, data_dir: Optional[str] = None,
     templates = ds.load_prompts(task.prompts)[1] if task.prompts else DEFAULT_TEMPLATES
     return ds.classification_from_source(src, where, task.label_key, names, templates,
                                          max_examples)
+
+
+def _derived_classification(task, src, where: str, names, templates,
+                            max_examples: Optional[int]) -> ds.ClassificationData:
+    """Labels computed from each record's annotations; a record they do not fit is skipped and
+    counted (a CLEVR scene outside 3-10 objects cannot be a count class)."""
+    import numpy as np
+
+    from mmfm.evals.derived_labels import DerivedLabelSource
+
+    labelled = DerivedLabelSource(src, task.derived)
+    n = len(src) if not max_examples else min(len(src), int(max_examples))
+    keep, labels = [], []
+    for i in range(n):
+        try:
+            labels.append(labelled[i]["label"])
+        except ValueError:
+            continue
+        keep.append(i)
+    if n - len(keep):
+        log.warning("%s: %d of %d records have no %s label (annotations out of range): skipped",
+                    where, n - len(keep), n, task.derived)
+    if not keep:
+        raise ValueError(f"{where}: none of its {n} records has a {task.derived} label")
+    return ds.ClassificationData(ds.ImageSource(src, np.asarray(keep)),
+                                 np.asarray(labels, np.int32), tuple(names), tuple(templates))
 
 
 def load_task_retrieval(task, data_dir: Optional[str] = None,

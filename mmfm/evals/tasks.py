@@ -68,6 +68,7 @@ class Task:
     # 1000 ids but the benchmarks score them among their own 200 classes (all present in the
     # full splits; with --max_examples, among those the examples have).
     classes_present: bool = False
+    derived: str = ""  # labels computed from annotations: a key of mmfm.evals.derived_labels
 
 
 def _zs(name: str, column: str, tfds_name: Optional[str], prompts: str = "", **kw) -> Task:
@@ -88,10 +89,12 @@ _ALL = [
     _zs("cifar10", "CIFAR-10", "cifar10", "cifar10", suites=BOTH),
     _zs("vtab/cifar100", "CIFAR-100", "cifar100", "cifar100", suites=BOTH),
     # VTAB's CLEVR test set is TFDS "validation" (TFDS "test" has no objects).
-    _zs("vtab/clevr_count_all", "CLEVR Counts", None, split="validation", reason=DERIVED,
-        suites=BOTH),
-    _zs("vtab/clevr_closest_object_distance", "CLEVR Distance", None, split="validation",
-        reason=DERIVED, suites=BOTH),
+    # Labels derived from the object annotations as VTAB defines them (derived_labels).
+    _zs("vtab/clevr_count_all", "CLEVR Counts", "clevr", "clevr_count_all", split="validation",
+        derived="clevr_count_all", suites=BOTH),
+    _zs("vtab/clevr_closest_object_distance", "CLEVR Distance", "clevr",
+        "clevr_closest_object_distance", split="validation",
+        derived="clevr_closest_object_distance", suites=BOTH),
     _zs("country211", "Country211", None, suites=BOTH),
     _zs("vtab/dtd", "Describable Textures", "dtd", "dtd", suites=BOTH),
     _zs("vtab/eurosat", "EuroSAT", "eurosat/rgb", "eurosat", split="train[80%:]", suites=BOTH),
@@ -106,7 +109,9 @@ _ALL = [
     _zs("imagenet-o", "ImageNet-O", None, suites=BOTH),
     _zs("imagenet-r", "ImageNet-R", "imagenet_r", "imagenet2012", classes_present=True,
         suites=BOTH),
-    _zs("vtab/kitti_closest_vehicle_distance", "KITTI Vehicle Distance", None, reason=DERIVED,
+    # VTAB pins kitti 3.1.0: later versions changed the devkit mapping that splits the frames.
+    _zs("vtab/kitti_closest_vehicle_distance", "KITTI Vehicle Distance", "kitti:3.1.0",
+        "kitti_closest_vehicle_distance", derived="kitti_closest_vehicle_distance",
         suites=BOTH),
     _zs("mnist", "MNIST", "mnist", "mnist", suites=BOTH),
     _zs("objectnet", "ObjectNet", None, suites=BOTH),

@@ -42,6 +42,10 @@ def test_benchmark_suite_runs_every_adapter_on_mock_data(tiny_model, tmp_path, s
         if task.tfds_name is None:  # no TFDS builder: reported with the reason, not dropped
             assert row["status"] == "missing" and row["detail"].startswith(task.reason)
             assert task.reason and task.name in row["detail"]  # where to put it instead
+        elif task.derived and row["status"] == "error":
+            # Mock annotations are random lists (a CLEVR scene of 40 objects, KITTI types and
+            # locations of different lengths): every record skipped, the row says so.
+            assert "has a" in row["detail"] and task.derived in row["detail"], row
         else:
             assert row["status"] == "ok", row
             assert 0.0 <= row["value"] <= 1.0 and row["examples"] > 0, row
@@ -59,8 +63,10 @@ def test_benchmark_suite_runs_every_adapter_on_mock_data(tiny_model, tmp_path, s
     assert header[4] == f"Average perf. on {len(expected)} datasets"
     assert header[5:] == [t.column or t.name for t in expected]  # CLIP_benchmark-only: by name
     assert rows[1][:5] == ["tiny", "step4", "1.00", "", ""]  # no average with tasks missing
-    for task, cell in zip(expected, rows[1][5:]):
-        assert (cell == "") == (task.tfds_name is None)
+    for row, cell in zip(result["rows"], rows[1][5:]):
+        assert (cell == "") == (row["status"] != "ok"), (row, cell)
+        if cell:
+            assert float(cell) == pytest.approx(row["value"], abs=5e-5)
 
 
 def test_unprepared_dataset_is_missing_not_downloaded(tiny_model, tmp_path):
@@ -248,3 +254,19 @@ def test_imagenet_r_ranks_only_its_own_classes(tiny_model, tmp_path):
     assert 1 < len(present) < 1000
     pred = present[np.argmax(img @ cls[present].T, axis=1)]
     assert result["metrics"]["imagenet-r/top1"] == pytest.approx(np.mean(pred == data.labels))
+
+
+def test_derived_labels_skip_and_count_records_they_do_not_fit(tmp_path, caplog):
+    """CLEVR counts: mock scenes hold random numbers of objects; only 3-10 are a count class."""
+    from mmfm.evals import task_data
+    from mmfm.evals.derived_labels import DERIVED
+
+    task = tasks.get_task("vtab/clevr_count_all")
+    with tfds.testing.mock_data(num_examples=40):
+        data = task_data.load_task_classification(task, str(tmp_path))
+        records = [data.images.source[int(i)] for i in data.images.indices]
+    assert 0 < len(data.labels) < 40
+    assert list(data.labels) == [DERIVED[task.derived](r) for r in records]
+    assert [len(r["objects"]["size"]) - 3 for r in records] == list(data.labels)
+    skipped = 40 - len(data.labels)
+    assert f"{skipped} of 40 records have no clevr_count_all label" in caplog.text
