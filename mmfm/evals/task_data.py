@@ -19,6 +19,7 @@ from typing import Optional
 from mmfm import fileio
 from mmfm.data.catalog import coco_captions_builder
 from mmfm.evals import datasets as ds
+from mmfm.evals.tasks import OBJECT_CROPS
 
 __all__ = ["DEFAULT_TEMPLATES", "DatasetMissing", "load_task_classification",
            "load_task_retrieval", "open_prepared_tfds", "user_prepared_dir"]
@@ -101,6 +102,17 @@ def load_task_classification(task, data_dir: Optional[str] = None,
     where = f"{task.name} ({task.tfds_name or 'user-prepared'}, split {task.split!r})"
     if info is None:  # catalog data: the project's class names and templates
         names, templates = ds.load_prompts(task.prompts)
+        if task.derived == OBJECT_CROPS:  # VOC 2007: every object box is an example
+            from mmfm.evals.object_crops import ObjectCropSource
+
+            crops = ObjectCropSource(src)
+            if crops.skipped_images or crops.skipped_boxes:
+                log.warning("%s: skipped %d image(s) with inconsistent object fields and %d "
+                            "box(es) with no area", where, crops.skipped_images, crops.skipped_boxes)
+            if not len(crops):
+                raise ValueError(f"{where}: none of its {len(src)} images has a usable object box")
+            return ds.classification_from_source(crops, where, "label", names, templates,
+                                                 max_examples)
         if task.derived:
             return _derived_classification(task, src, where, names, templates, max_examples)
         return ds.classification_from_source(src, where, task.label_key, names, templates,

@@ -43,7 +43,7 @@ METRICS = {
 }
 
 NO_BUILDER = "no TFDS catalog builder"
-DERIVED = "labels derived from object annotations: not adapted yet"
+OBJECT_CROPS = "object_crops"  # `derived`: every object box is an example (mmfm.evals.object_crops)
 BOTH = ("clip_benchmark", "datacomp")
 CB = ("clip_benchmark",)
 DC = ("datacomp",)
@@ -68,7 +68,8 @@ class Task:
     # 1000 ids but the benchmarks score them among their own 200 classes (all present in the
     # full splits; with --max_examples, among those the examples have).
     classes_present: bool = False
-    derived: str = ""  # labels computed from annotations: a key of mmfm.evals.derived_labels
+    # Labels computed from annotations: a key of mmfm.evals.derived_labels, or OBJECT_CROPS.
+    derived: str = ""
 
 
 def _zs(name: str, column: str, tfds_name: Optional[str], prompts: str = "", **kw) -> Task:
@@ -119,9 +120,8 @@ _ALL = [
         metric="mean_per_class_recall", suites=BOTH),
     _zs("vtab/pets", "Oxford-IIIT Pet", "oxford_iiit_pet", "oxford_iiit_pet",
         metric="mean_per_class_recall", suites=BOTH),
-    # One example per object crop of the VOC 2007 test images (TFDS voc/2007 has the boxes).
-    _zs("voc2007", "Pascal VOC 2007", None, reason="examples are object crops: " + DERIVED,
-        suites=BOTH),
+    # One example per (non-difficult) object crop of the VOC 2007 test images.
+    _zs("voc2007", "Pascal VOC 2007", "voc/2007", "voc2007", derived=OBJECT_CROPS, suites=BOTH),
     _zs("vtab/pcam", "PatchCamelyon", "patch_camelyon", "patch_camelyon", suites=BOTH),
     _zs("renderedsst2", "Rendered SST2", None, suites=BOTH),
     _zs("vtab/resisc45", "RESISC45", "resisc45", "resisc45", split="train[80%:]", suites=BOTH),

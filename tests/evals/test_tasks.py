@@ -119,6 +119,11 @@ def test_tfds_builder_label_key_and_prompts(task, tmp_path):
     if task.kind == "retrieval":
         assert "captions" in features
         return
+    if task.derived == tasks.OBJECT_CROPS:  # one example per object: the objects' ClassLabel
+        label = features["objects"]["label"]
+        assert len(load_prompts(task.prompts)[0]) == label.num_classes
+        assert json.load(open(prompts_path(task.prompts)))["label_ids"] == label.names
+        return
     if task.derived:  # labels computed from annotations: no ClassLabel, a class count instead
         from mmfm.evals.derived_labels import NUM_CLASSES
         assert len(load_prompts(task.prompts)[0]) == NUM_CLASSES[task.derived], task.name
@@ -150,8 +155,7 @@ def test_tasks_without_tfds_say_why(catalog):
             assert short not in catalog and short.replace("_", "") not in catalog, t.name
     for t in WITH_TFDS:
         assert t.reason == "" and tasks.available(t)
-    # VOC 2007 has a builder, but its benchmark examples are object crops (not adapted).
-    assert tasks.DERIVED in tasks.get_task("voc2007").reason and "voc" in catalog
+    assert tasks.get_task("voc2007").derived == tasks.OBJECT_CROPS and "voc" in catalog
     for name in ("vtab/clevr_count_all", "vtab/clevr_closest_object_distance",
                  "vtab/kitti_closest_vehicle_distance"):
         task = tasks.get_task(name)
