@@ -486,7 +486,7 @@ def eval_main(argv=None) -> None:
         if f.checkpoint is not None:
             return standalone.suite_on_checkpoint(
                 f.suite, f.checkpoint, out=f.out, data_dir=f.data_dir, csv_path=f.csv,
-                max_examples=f.max_examples, batch_size=batch_size)
+                max_examples=f.max_examples, batch_size=batch_size, name=f.name)
         if not f.out:
             raise UsageError("--model needs --out DIR (where results are written)")
         data_dir = f.data_dir or standalone.config_get(f.config, "data.dir")

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
+import time
 from typing import Optional
 
 import numpy as np
@@ -33,6 +35,7 @@ from mmfm.evals.zeroshot import class_embeddings, zeroshot_predict
 
 __all__ = ["GROUP_ATTRIBUTES", "run_shapes_suite"]
 
+log = logging.getLogger("mmfm")
 GROUP_ATTRIBUTES = ("color", "size", "position")
 # Group sizes below this are listed but never the "worst group" (a handful of images is noise).
 MIN_GROUP = 10
@@ -96,6 +99,9 @@ def run_shapes_suite(m, *, data_dir: str, shapes: Optional[dict] = None,
     test_objs = [_objects(test_src[int(i)]) for i in test_idx]
     test_img = m.encode_image_source(ds.ImageSource(test_src, test_idx))
     metrics, groups, counts = {}, {}, {"test_images": len(test_idx)}
+    t0 = time.perf_counter()
+    stage = lambda what: log.info("shapes suite: %s (%.0f s elapsed)", what, time.perf_counter() - t0)
+    stage(f"encoded {len(test_idx)} test images; zero-shot and linear probes")
 
     # Zero-shot and probes on single-object images: the label names the only object.
     single = np.array([len(o) == 1 for o in test_objs])
@@ -120,6 +126,7 @@ def run_shapes_suite(m, *, data_dir: str, shapes: Optional[dict] = None,
         metrics[f"{prefix}/top1"] = probe["accuracy"]
         _grouped(probe["predictions"] == labels, single_objs, prefix, metrics, groups)
 
+    stage("retrieval and compositional hard negatives")
     # Retrieval of the whole captions (every test image, 1-3 objects).
     captions = [synthetic.compose_caption(o) for o in test_objs]
     true_txt = m.encode_texts(captions)
@@ -142,6 +149,7 @@ def run_shapes_suite(m, *, data_dir: str, shapes: Optional[dict] = None,
     metrics.update({f"compositional/{e}": v["accuracy"] for e, v in comp["edits"].items()})
     counts["compositional_pairs"] = len(rows)
 
+    stage(f"{len(rows)} compositional pairs scored; dense probe")
     # Dense probe on patch tokens: the colour and the shape under each patch (0 = background).
     data_size = int(shapes.get("image_size", 64))
     model_size, grid = int(m.preprocess.image_size), int(m.model.cfg.image.grid)

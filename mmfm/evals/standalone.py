@@ -127,8 +127,10 @@ def evaluate_suite(suite: str, model, *, out_dir: str, name: str, pretrained: st
 
 def suite_on_checkpoint(suite: str, checkpoint: str, *, out: Optional[str] = None,
                         data_dir: Optional[str] = None, csv_path: Optional[str] = None,
-                        max_examples: Optional[int] = None, batch_size: int = 256) -> dict:
-    """A suite on a training run (read-only): its data settings, results in <workdir>/suite_NAME."""
+                        max_examples: Optional[int] = None, batch_size: int = 256,
+                        name: Optional[str] = None) -> dict:
+    """A suite on a training run, with its data settings. The run is only read; results go to
+    `out` (default <workdir>/suite_NAME, as `mmfm eval` writes <workdir>/eval)."""
     import ml_collections
 
     from mmfm.evals.model_io import EvalModel
@@ -139,7 +141,7 @@ def suite_on_checkpoint(suite: str, checkpoint: str, *, out: Optional[str] = Non
     shapes = {k: data[k] for k in ("image_size", "num_train", "num_test", "seed") if k in data}
     return evaluate_suite(
         suite, m, out_dir=out or fileio.join(run.workdir, f"suite_{suite}"),
-        name=fileio.basename(fileio.absolute(run.workdir).rstrip("/")),
+        name=name or fileio.basename(fileio.absolute(run.workdir).rstrip("/")),
         pretrained=f"step{run.step}", data_dir=data_dir or data.get("dir"), shapes=shapes,
         csv_path=csv_path, max_examples=max_examples,
         source={"checkpoint": fileio.absolute(checkpoint), "step": run.step})

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -78,33 +78,34 @@ def _retrieval_task(task, m, data_dir, max_examples) -> dict:
 
 def _benchmark_suite(suite: str, m, data_dir, max_examples) -> dict:
     rows, metrics = [], {}
-    for task in task_registry.suite_tasks(suite):
+    todo = task_registry.suite_tasks(suite)
+    t_start = time.perf_counter()
+    for k, task in enumerate(todo, 1):
         # CLIP_benchmark-only tasks have no open_clip column: they are named by the task.
         row = {"task": task.name, "column": task.column or task.name, "metric": task.metric,
                "value": None}
+        rows.append(row)
         t0 = time.perf_counter()
         try:
             run = _zeroshot_task if task.kind == "zeroshot" else _retrieval_task
             res = run(task, m, data_dir, max_examples)
+            if task.metric not in res:
+                raise ValueError(f"its metric {task.metric!r} is not computed by this suite "
+                                 f"runner (computed: {sorted(res)})")
         except task_data.DatasetMissing as e:
             row.update(status="missing", detail=str(e))
-            rows.append(row)
             continue
         except ValueError as e:  # bad data of one task: the others still run, the row says why
             log.error("%s: %s", task.name, e)
             row.update(status="error", detail=str(e))
-            rows.append(row)
             continue
-        if task.metric not in res:
-            raise ValueError(f"task {task.name}: its metric {task.metric!r} is not computed by "
-                             f"this suite runner (computed: {sorted(res)})")
         row.update(status="ok", value=float(res[task.metric]), examples=res["examples"],
                    seconds=round(time.perf_counter() - t0, 2), note=task.note)
-        metrics.update({f"{task.name}/{k}": v for k, v in res.items()
+        metrics.update({f"{task.name}/{key}": v for key, v in res.items()
                         if isinstance(v, (float, int)) and not isinstance(v, bool)})
-        rows.append(row)
-        log.info("%s: %s %.4f (%d examples)", task.name, task.metric, row["value"],
-                 res["examples"])
+        elapsed = time.perf_counter() - t_start
+        log.info("[%d/%d] %s: %s %.4f (%d examples, %.1f s; %.0f s elapsed)", k, len(todo),
+                 task.name, task.metric, row["value"], res["examples"], row["seconds"], elapsed)
     return {"rows": rows, "metrics": metrics}
 
 
@@ -119,8 +120,7 @@ def _shapes(m, data_dir, shapes) -> dict:
 
 
 def run_suite(suite: str, m, *, data_dir: Optional[str], shapes: Optional[dict] = None,
-              max_examples: Optional[int] = None,
-              progress: Optional[Callable[[str], None]] = None) -> dict:
+              max_examples: Optional[int] = None) -> dict:
     """Runs suite `suite` on an `EvalModel`. Returns {"suite", "rows", "metrics", "average",
     "missing", "seconds", ...}; each row is {"task", "column", "metric", "status", "value"}."""
     if suite not in SUITES:
