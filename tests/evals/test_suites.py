@@ -270,3 +270,24 @@ def test_derived_labels_skip_and_count_records_they_do_not_fit(tmp_path, caplog)
     assert [len(r["objects"]["size"]) - 3 for r in records] == list(data.labels)
     skipped = 40 - len(data.labels)
     assert f"{skipped} of 40 records have no clevr_count_all label" in caplog.text
+
+
+def test_shapes_suite_on_an_export_appends_to_a_csv(tiny_run, tmp_path):
+    """An export (as `mmfm eval --model EXPORT --suite shapes` loads it) adds its row to a CSV."""
+    from mmfm.api import load_eval_model
+    from mmfm.zoo.export import export_from_workdir
+
+    workdir, data_dir, config = tiny_run
+    export = export_from_workdir(workdir, str(tmp_path / "export"))
+    shapes = {k: config.data[k] for k in ("image_size", "num_train", "num_test", "seed")}
+    csv_path = str(tmp_path / "all.csv")
+    m = load_eval_model(export, None, batch_size=32)
+    from_export = standalone.evaluate_suite("shapes", m, out_dir=str(tmp_path / "a"), name="exp",
+                                            data_dir=data_dir, shapes=shapes, csv_path=csv_path)
+    from_run = standalone.suite_on_checkpoint("shapes", workdir, out=str(tmp_path / "b"),
+                                              csv_path=csv_path, name="run")
+    rows = _read_csv(csv_path)
+    assert [r[0] for r in rows[1:]] == ["exp", "run"]
+    # The same weights through both paths: the same numbers.
+    for a, b in zip(from_export["rows"], from_run["rows"]):
+        assert a["value"] == pytest.approx(b["value"], abs=1e-6), a["task"]
