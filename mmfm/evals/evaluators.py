@@ -31,6 +31,7 @@ import numpy as np
 from mmfm import fileio
 from mmfm import sharding as sh
 from mmfm.evals import datasets as ds
+from mmfm.evals.group_metrics import mean_per_class_recall, topk_correct
 from mmfm.evals.linear_probe import DEFAULT_L2_GRID, few_shot_probe, linear_probe
 from mmfm.evals.model_io import EvalModel
 from mmfm.evals.retrieval import retrieval_metrics
@@ -188,12 +189,9 @@ class Evaluator:
         if logits.shape[1] != len(data.classnames):
             raise ValueError(f"evals.evaluators.{self.name}: the classifier has {logits.shape[1]} "
                              f"classes, {c['dataset']!r} has {len(data.classnames)}")
-        order = np.argsort(-logits, axis=1)
-        out = {f"top{k}": float(np.mean(np.any(order[:, :k] == data.labels[:, None], axis=1)))
-               for k in c["topk"]}
-        per_class = [np.mean(order[data.labels == j, 0] == j)
-                     for j in range(len(data.classnames)) if np.any(data.labels == j)]
-        out["mean_per_class_recall"] = float(np.mean(per_class)) if per_class else 0.0
+        out = {f"top{k}": float(np.mean(topk_correct(logits, data.labels, k))) for k in c["topk"]}
+        out["mean_per_class_recall"] = (mean_per_class_recall(np.argmax(logits, 1), data.labels)
+                                        if len(data.labels) else 0.0)
         return out
 
     def _probe_data(self, m: EvalModel):

@@ -46,7 +46,9 @@ SUITES = ("shapes",) + tuple(task_registry.SUITES)
 def _zeroshot_task(task, m, data_dir, max_examples) -> dict:
     data = task_data.load_task_classification(task, data_dir, max_examples)
     img = m.encode_image_source(data.images)
-    key = ("class_embeddings", task.prompts)  # ImageNet and its variants share 1000 x 20 prompts
+    # ImageNet and its variants share 1000 x 20 prompts: encoded once per model. Keyed by the
+    # prompts themselves: user-prepared tasks have no prompts file to name them by.
+    key = ("class_embeddings", data.classnames, data.templates)
     if key not in m.cache:
         m.cache[key] = class_embeddings(m.encode_texts, list(data.classnames), list(data.templates))
     cls = m.cache[key]
