@@ -148,27 +148,37 @@ def test_suite_mistakes_are_one_line(tiny_run, args, message):
     assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
 
-class _UserFer2013(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """A user's own TFDS dataset for a task TFDS has no builder for."""
-    name = "fer2013"
+def _random_png(rng) -> bytes:
+    """A random 16x16 image as PNG bytes (encoding arrays in TFDS would need TensorFlow)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+class _UserBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """A user's own TFDS dataset (one "test" split) for a task TFDS has no builder for."""
     VERSION = tfds.core.Version("1.0.0")
+    FEATURES: dict = {}
 
     def _info(self):
-        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(16, 16, 3), encoding_format="png"),
-            "label": tfds.features.ClassLabel(names=["angry", "happy_face", "sad"])}))
+        image = tfds.features.Image(shape=(16, 16, 3), encoding_format="png")
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+            {"image": image, **self.FEATURES}))
 
     def _split_generators(self, dl_manager):
         return {"test": self._generate_examples()}
 
-    def _generate_examples(self):
-        from PIL import Image
 
+class _UserFer2013(_UserBuilder, skip_registration=True):
+    name = "fer2013"
+    FEATURES = {"label": tfds.features.ClassLabel(names=["angry", "happy_face", "sad"])}
+
+    def _generate_examples(self):
         rng = np.random.default_rng(0)
-        for i in range(9):  # PNG bytes: encoding arrays would need TensorFlow
-            buf = io.BytesIO()
-            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(buf, "PNG")
-            yield i, {"image": buf.getvalue(), "label": i % 3}
+        for i in range(9):
+            yield i, {"image": _random_png(rng), "label": i % 3}
 
 
 def test_a_user_prepared_dataset_fills_a_task_without_builder(tiny_model, tmp_path):
@@ -187,29 +197,17 @@ def test_a_user_prepared_dataset_fills_a_task_without_builder(tiny_model, tmp_pa
     assert sum(r["status"] == "ok" for r in result["rows"]) == 1
 
 
-class _UserGeode(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class _UserGeode(_UserBuilder, skip_registration=True):
     """GeoDE-like: objects photographed in several regions; scored by the worst region."""
     name = "geode"
-    VERSION = tfds.core.Version("1.0.0")
-
-    def _info(self):
-        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(16, 16, 3), encoding_format="png"),
-            "label": tfds.features.ClassLabel(names=["bag", "car", "dog", "tree"]),
-            "region": tfds.features.Text()}))
-
-    def _split_generators(self, dl_manager):
-        return {"test": self._generate_examples()}
+    FEATURES = {"label": tfds.features.ClassLabel(names=["bag", "car", "dog", "tree"]),
+                "region": tfds.features.Text()}
 
     def _generate_examples(self):
-        from PIL import Image
-
         rng = np.random.default_rng(1)
         for i in range(24):
-            buf = io.BytesIO()
-            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(buf, "PNG")
-            yield i, {"image": buf.getvalue(), "label": i % 4, "region": ("africa", "europe",
-                                                                           "asia")[i % 3]}
+            yield i, {"image": _random_png(rng), "label": i % 4,
+                      "region": ("africa", "europe", "asia")[i % 3]}
 
 
 def test_worst_group_of_a_grouped_task_is_the_worst_region(tiny_model, tmp_path):
