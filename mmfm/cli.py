@@ -404,12 +404,18 @@ def export_main(argv=None) -> None:
     p = _Parser(prog="mmfm export", description=_summary(export_main) + "\n\n"
                 "Reads the run read-only (also while it trains), from any directory, without the "
                 "training data. The export holds params.safetensors, config.json (model, "
-                "preprocessing, tokenizer, zero-shot class names) and the tokenizer file.")
+                "preprocessing, tokenizer, zero-shot class names), the tokenizer file and "
+                "MODEL_CARD.md (architecture, training, recorded evals, failure modes).")
     p.add_argument("--workdir", required=True, help="training workdir, its checkpoints/ or a step dir")
     p.add_argument("--out", required=True, help="export directory to write (replaced if it exists)")
+    p.add_argument("--suite_results", action="append", default=[], metavar="DIR_OR_JSON",
+                   help="an `mmfm eval --suite` output (its directory or suite_results.json) to "
+                        "include in MODEL_CARD.md (repeatable); those inside the workdir are "
+                        "included anyway")
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
     _setup_logging()
-    print(_guard(p.prog, lambda: export_from_workdir(a.workdir, a.out)))
+    print(_guard(p.prog, lambda: export_from_workdir(a.workdir, a.out,
+                                                     suite_results=a.suite_results)))
 
 
 def convert_main(argv=None) -> None:

@@ -25,20 +25,23 @@ from mmfm.train.loop import train
 
 log = logging.getLogger("mmfm")
 
-RESULTS_FILE = "eval_results.json"  # {"step", "source", "metrics", "timings_s"}, training and `mmfm eval`
+# {"step", "source", "metrics", "timings_s", "sizes"}, written by training and by `mmfm eval`
+RESULTS_FILE = "eval_results.json"
 
 
 def evaluate_arrays(m: EvalModel, test: dict, probe_train: dict | None, zeroshot: dict, *,
                     few_shot: Sequence[int] = (1, 5, 10), few_shot_seeds: Sequence[int] = (0, 1, 2),
-                    timings: dict | None = None) -> dict:
+                    timings: dict | None = None, sizes: dict | None = None) -> dict:
     """All metrics for one eval split (`test`) and optional probe-training arrays.
 
     Retrieval uses every test pair; zero-shot and probes use single-object images (their labels
     describe the only object) when `num_objects` is present. Few-shot probes (`few_shot` shots
     per class, one fit per seed) draw from the probe-training arrays and report mean and std over
-    seeds. Wall seconds of each part go into `timings` when a dict is given.
+    seeds. Wall seconds of each part go into `timings`, and the number of examples each metric
+    saw into `sizes` (`retrieval_pairs`, `zeroshot_test`, `probe_train`), when dicts are given.
     """
     timings = {} if timings is None else timings
+    sizes = {} if sizes is None else sizes
     results: dict[str, float] = {}
     warn_if_small("eval split of the training data", len(test["image"]))
     t0 = time.perf_counter()
@@ -49,10 +52,12 @@ def evaluate_arrays(m: EvalModel, test: dict, probe_train: dict | None, zeroshot
     r = retrieval_metrics(img, txt, np.arange(len(img)), ks=(1, 5, 10))
     results.update({f"retrieval/{k}": float(v) for k, v in r.items()})
     timings["retrieval"] = time.perf_counter() - t0
+    sizes["retrieval_pairs"] = len(img)
 
     single = np.ones(len(img), bool)
     if "num_objects" in test:
         single = np.asarray(test["num_objects"]) == 1
+    sizes["zeroshot_test"] = int(single.sum())
     t0 = time.perf_counter()
     for key, (names, templates) in zeroshot.items():
         if key not in test:
@@ -68,6 +73,7 @@ def evaluate_arrays(m: EvalModel, test: dict, probe_train: dict | None, zeroshot
         if "num_objects" in probe_train:
             tr_single = np.asarray(probe_train["num_objects"]) == 1
         tr_img = m.encode_pixels(probe_train["image"][tr_single])
+        sizes["probe_train"] = int(tr_single.sum())
         timings["encode_probe_train"] = time.perf_counter() - t0
         timings["linear_probe"] = timings["few_shot"] = 0.0
         for key in zeroshot:
@@ -134,6 +140,7 @@ class TrainingEvaluator:
         tr, ev = self.trainer, self.trainer.config.evals
         m = EvalModel.from_trainer(tr, state.params, self.encoder)
         timings: dict[str, float] = {}
+        sizes: dict[str, int] = {}
         results: dict[str, float] = {}
         if step:  # before training only the `at_start` evaluators run
             if self._arrays is None:
@@ -143,7 +150,7 @@ class TrainingEvaluator:
             results = evaluate_arrays(m, *self._arrays, dict(tr.data_info.zeroshot),
                                       few_shot=tuple(ev.get("few_shot", (1, 5, 10))),
                                       few_shot_seeds=tuple(ev.get("few_shot_seeds", (0, 1, 2))),
-                                      timings=timings)
+                                      timings=timings, sizes=sizes)
             timings["total"] = time.perf_counter() - t0
         for e in self.named:
             if e.due(step, self.total_steps):
@@ -156,7 +163,7 @@ class TrainingEvaluator:
             print(f"eval at step {step}:\n{format_table(results)}", flush=True)
             fileio.write_atomic(fileio.join(tr.workdir, RESULTS_FILE), json.dumps(
                 {"step": step, "source": {"workdir": tr.workdir, "kind": "training"},
-                 "metrics": results, "timings_s": timings}, indent=1))
+                 "metrics": results, "timings_s": timings, "sizes": sizes}, indent=1))
         return results
 
 

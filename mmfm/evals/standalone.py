@@ -49,16 +49,17 @@ def evaluate_training_data(run_config, model, *, out_dir: str, step: int,
     _, eval_arrays, _, info = build_data(run_config.data, batch_size=int(run_config.batch_size),
                                          seed=int(run_config.seed))
     timings: dict = {}
+    sizes: dict = {}
     results = evaluate_arrays(
         model, eval_arrays(), eval_arrays(split="train", max_examples=ev.probe_train_examples),
         dict(info.zeroshot), few_shot=tuple(ev.get("few_shot", (1, 5, 10))),
-        few_shot_seeds=tuple(ev.get("few_shot_seeds", (0, 1, 2))), timings=timings)
+        few_shot_seeds=tuple(ev.get("few_shot_seeds", (0, 1, 2))), timings=timings, sizes=sizes)
     return write_results(out_dir, step, results, {k: round(v, 3) for k, v in timings.items()},
-                         source)
+                         source, sizes=sizes)
 
 
 def write_results(out_dir: str, step: int, results: dict, timings: dict,
-                  source: Optional[dict]) -> dict:
+                  source: Optional[dict], sizes: Optional[dict] = None) -> dict:
     """OUT/eval_results.json, OUT/metrics.jsonl + TensorBoard (kind "eval") and a printed table."""
     from mmfm.evals.runner import RESULTS_FILE, format_table
     from mmfm.train.metrics import MetricsWriter
@@ -70,7 +71,8 @@ def write_results(out_dir: str, step: int, results: dict, timings: dict,
     finally:
         writer.close()
     fileio.write_atomic(fileio.join(out_dir, RESULTS_FILE), json.dumps(
-        {"step": step, "source": source or {}, "metrics": results, "timings_s": timings}, indent=1))
+        {"step": step, "source": source or {}, "metrics": results, "timings_s": timings,
+         "sizes": sizes or {}}, indent=1))
     print(format_table(results), flush=True)
     return results
 

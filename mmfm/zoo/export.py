@@ -4,6 +4,7 @@
     OUT/config.json         {"format": "mmfm-export", "model": model_config_to_dict(...),
                              "preprocess": {...}, "tokenizer": {...}, "zeroshot": {...}, "source": {...}}
     OUT/<tokenizer file>    copied in (none for the shipped CLIP BPE)
+    OUT/MODEL_CARD.md       architecture, training, recorded evals, failure modes (zoo/model_card.py)
 
 `export_from_workdir` writes one from a training run's latest checkpoint; `convert_to_export` from an
 open_clip / Hugging Face / big_vision source. Both are also `mmfm export` and `mmfm convert`.
@@ -25,6 +26,7 @@ from mmfm.models.config import ModelConfig, model_config_from_dict, model_config
 from mmfm.zoo import sources
 from mmfm.zoo.pretrained import FORMAT, PARAMS_FILE, VERSION
 from mmfm.zoo.convert import common
+from mmfm.zoo.model_card import CARD_FILE, RunRecord, model_card
 from mmfm.zoo.registry import GEMMA_VOCAB, Preprocess, TokenizerSpec, get_model_config
 from mmfm.zoo.source_tokenizer import TokenizerNotFound
 
@@ -43,10 +45,12 @@ def default_tokenizer(cfg: ModelConfig) -> TokenizerSpec:
 
 def save_export(out_dir: str, flat_params: dict, cfg: ModelConfig, *, preprocess: Preprocess,
                 tokenizer: TokenizerSpec, tokenizer_files: Sequence[str] = (),
-                zeroshot: Optional[dict] = None, source: Optional[dict] = None) -> str:
+                zeroshot: Optional[dict] = None, source: Optional[dict] = None,
+                card: Optional[str] = None) -> str:
     """Writes an export directory: locally atomically (a temp dir renamed into place); to a URL
     uploaded file by file, config.json last. `tokenizer_files`: the paths of the files
-    `tokenizer.files()` names (copied in under those names)."""
+    `tokenizer.files()` names (copied in under those names). `card`: MODEL_CARD.md's text
+    (default: one from the config, params and `source` alone)."""
     from safetensors.numpy import save_file
 
     flat = common.to_canonical({k: np.asarray(v) for k, v in flat_params.items()})
@@ -61,11 +65,16 @@ def save_export(out_dir: str, flat_params: dict, cfg: ModelConfig, *, preprocess
     meta = {"format": FORMAT, "version": VERSION, "model": model_config_to_dict(cfg),
             "preprocess": dataclasses.asdict(preprocess), "tokenizer": dataclasses.asdict(tokenizer),
             "zeroshot": zeroshot or {}, "source": source or {}}
+    if card is None:
+        name = (source or {}).get("arch") or fileio.basename(fileio.absolute(out_dir))
+        card = model_card(cfg, flat, name=name, source=source)
 
     def write(tmp: str) -> None:
         save_file({k: np.ascontiguousarray(v) for k, v in flat.items()}, fileio.join(tmp, PARAMS_FILE))
         for name in tokenizer.files():
             fileio.copy(by_name[name], fileio.join(tmp, name))
+        with fileio.open(fileio.join(tmp, CARD_FILE), "w") as f:
+            f.write(card)
         with fileio.open(fileio.join(tmp, "config.json"), "w") as f:
             json.dump(meta, f, indent=1)
 
@@ -94,8 +103,39 @@ def save_export(out_dir: str, flat_params: dict, cfg: ModelConfig, *, preprocess
     return out_dir
 
 
-def export_from_workdir(workdir: str, out_dir: str) -> str:
-    """Params-only export of the latest checkpoint of a training run (read-only, no data needed)."""
+def _read_json(path: str) -> Optional[dict]:
+    if not fileio.isfile(path):
+        return None
+    with fileio.open(path) as f:
+        return json.load(f)
+
+
+def run_record(run, suite_results: Sequence[str] = ()) -> RunRecord:
+    """What the card needs from a loaded run (`checkpoint.Run`): its run_info.json, its
+    eval_results.json when that eval is of the exported step, and the suite results in
+    `suite_results` (files or directories) and in the workdir's subdirectories. Reads only."""
+    from mmfm.evals.runner import RESULTS_FILE
+    from mmfm.evals.suite_report import RESULTS_JSON
+
+    ev = _read_json(fileio.join(run.workdir, RESULTS_FILE))
+    if ev is not None and ev.get("step") != run.step:
+        ev = None  # an eval of another step (e.g. an older export's) says nothing of this one
+    paths = [p if p.endswith(".json") else fileio.join(p, RESULTS_JSON) for p in suite_results]
+    for p in paths:
+        if not fileio.isfile(p):
+            raise FileNotFoundError(f"--suite_results: {p} not found (mmfm eval --suite writes "
+                                    f"OUT/{RESULTS_JSON})")
+    paths += [fileio.join(run.workdir, d, RESULTS_JSON) for d in sorted(fileio.listdir(run.workdir))
+              if fileio.isfile(fileio.join(run.workdir, d, RESULTS_JSON))]
+    suites = [_read_json(p) for p in dict.fromkeys(fileio.absolute(p) for p in paths)]
+    return RunRecord(config=run.config, step=run.step,
+                     run_info=_read_json(fileio.join(run.workdir, "run_info.json")) or {},
+                     eval_results=ev, suites=suites)
+
+
+def export_from_workdir(workdir: str, out_dir: str, *, suite_results: Sequence[str] = ()) -> str:
+    """Params-only export of the latest checkpoint of a training run (read-only, no data needed),
+    with a MODEL_CARD.md from what the run recorded (plus the `suite_results` files/dirs given)."""
     from mmfm import checkpoint
 
     run = checkpoint.load_run(workdir)
@@ -107,8 +147,11 @@ def export_from_workdir(workdir: str, out_dir: str) -> str:
     tok = TokenizerSpec(kind, fileio.basename(tok_file), int(cfg.text.context_length),
                         run.tokenizer_lowercase)
     zs = {k: [list(n), list(t)] for k, (n, t) in run.zeroshot.items()}
-    return save_export(out_dir, common.flatten(run.params), cfg, preprocess=pre, tokenizer=tok,
-                       tokenizer_files=[tok_file], zeroshot=zs,
+    flat = common.flatten(run.params)
+    card = model_card(cfg, common.to_canonical(flat), name=fileio.basename(run.workdir),
+                      run=run_record(run, suite_results))
+    return save_export(out_dir, flat, cfg, preprocess=pre, tokenizer=tok,
+                       tokenizer_files=[tok_file], zeroshot=zs, card=card,
                        source={"kind": "mmfm-train", "workdir": run.workdir, "step": run.step})
 
 
