@@ -120,7 +120,3 @@ def draw_grid(index: Index, hits, out: str, *, tile: int = TILE) -> tuple[int, i
     grid.save(out, format="PNG")
     return w, h
 
-
-def grid_shape(num_queries: int, k: int, tile: int = TILE) -> tuple[int, int]:
-    """The (width, height) draw_grid gives `num_queries` queries with k hits each."""
-    return k * tile, num_queries * (tile + LABEL_H)
