@@ -688,8 +688,95 @@ def zoo_main(argv=None) -> None:
     print("\n".join(out))
 
 
+EMBED_EPILOG = """\
+examples:
+  mmfm embed --model runs/demo --images photos/ --out photos.safetensors
+  mmfm embed --model ViT-B-32 --pretrained openai --texts captions.txt --out captions.safetensors
+  mmfm search --index photos.safetensors --text "a red circle" -k 5 --grid hits.png
+The file holds embeddings (float32 [N, D], L2-normalised), the ids (image paths relative to their
+folder, or "LINE: text") and the model. Rerun the same command to add new files: what is already
+in --out is skipped; progress is saved every --save_every batches, so a killed run resumes."""
+
+
+def embed_main(argv=None) -> None:
+    """Embed a folder of images or a file of texts into an index file (resumable)."""
+    p = _Parser(prog="mmfm embed", description=_summary(embed_main) + "\n\nMODEL is a training "
+                "run, an export directory (also int8), a zoo architecture with --pretrained, or a "
+                "serialized model directory. Images use the model's own eval preprocessing; "
+                "unreadable images are skipped and counted.", epilog=EMBED_EPILOG)
+    p.add_argument("--model", required=True, help="run dir, export dir, zoo name or serialized dir")
+    p.add_argument("--pretrained", default=None, help="pretrained tag or weights file for a zoo name")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", nargs="+", metavar="DIR_OR_LIST",
+                     help="image folders (searched recursively) or text files listing image paths")
+    src.add_argument("--texts", metavar="FILE", help="a text file, one text a line")
+    p.add_argument("--out", required=True, help="index file to write (.safetensors); an existing "
+                                                "one is extended")
+    p.add_argument("--batch_size", type=int, default=64, help="items per model call")
+    p.add_argument("--save_every", type=int, default=20, help="save progress every N batches")
+    a = p.parse_args(sys.argv[1:] if argv is None else argv)
+    if a.batch_size < 1 or a.save_every < 1:
+        p.error("--batch_size and --save_every must be >= 1")
+    from mmfm import embed
+
+    def run():
+        for s in a.images or [a.texts]:  # cheap checks first, before the model loads
+            if not os.path.exists(s):
+                raise FileNotFoundError(f"{'--images' if a.images else '--texts'} {s}: no such "
+                                        "file or folder")
+        enc = embed.load_encoder(a.model, a.pretrained, batch_size=a.batch_size)
+        if a.images:
+            return embed.embed_images(enc, a.images, a.out, batch_size=a.batch_size,
+                                      save_every=a.save_every)
+        return embed.embed_texts(enc, a.texts, a.out, batch_size=a.batch_size,
+                                 save_every=a.save_every)
+
+    _setup_logging()
+    print(embed.format_summary(_guard(p.prog, run), a.out))
+
+
+def search_main(argv=None) -> None:
+    """Search an index from `mmfm embed` with a text or an image query (cosine top-k)."""
+    p = _Parser(prog="mmfm search", description=_summary(search_main) + "\n\nQueries are "
+                "embedded with the model recorded in the index (--model must name the same one).",
+                epilog=EMBED_EPILOG)
+    p.add_argument("--index", required=True, help="file written by mmfm embed")
+    q = p.add_mutually_exclusive_group(required=True)
+    q.add_argument("--text", nargs="+", metavar="QUERY", help="one or more text queries")
+    q.add_argument("--image", nargs="+", metavar="PATH", help="one or more query image files")
+    p.add_argument("--model", default=None, help="the index's model (default: the one it records)")
+    p.add_argument("--pretrained", default=None, help="pretrained tag for --model")
+    p.add_argument("-k", type=int, default=5, help="hits per query")
+    p.add_argument("--grid", default=None, metavar="OUT.png",
+                   help="draw the hit images (image indexes): a row of k tiles per query")
+    a = p.parse_args(sys.argv[1:] if argv is None else argv)
+    if a.k < 1:
+        p.error("-k must be >= 1")
+    from mmfm import search
+
+    def run():
+        for path in a.image or ():
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"--image {path}: no such file")
+        index = search.load_index(a.index)
+        if a.grid and index.kind != "image":
+            raise ValueError(f"--grid draws image hits; {a.index} holds text embeddings")
+        enc = search.encoder_for(index, a.model, a.pretrained)
+        queries = search.query_embeddings(enc, texts=a.text or (), images=a.image or ())
+        hits = search.top_k(index.embeddings, queries, a.k)
+        labels = [repr(t) for t in a.text or ()] + [f"image {p}" for p in a.image or ()]
+        print(search.format_hits(index, labels, hits))
+        if a.grid:
+            w, h = search.draw_grid(index, hits, a.grid)
+            print(f"wrote {a.grid} ({w}x{h})")
+
+    _setup_logging()
+    _guard(p.prog, run)
+
+
 COMMANDS = {"train": train_main, "eval": eval_main, "export": export_main, "convert": convert_main,
-            "data": data_main, "tokenizer": tokenizer_main, "recipes": recipes_main, "zoo": zoo_main}
+            "data": data_main, "tokenizer": tokenizer_main, "recipes": recipes_main, "zoo": zoo_main,
+            "embed": embed_main, "search": search_main}
 
 
 def overview() -> str:

@@ -57,6 +57,8 @@ HELP = {
     ("zoo",): ["--cache_dir", "MMFM_CACHE_DIR"],
     ("recipes",): ["list", "copy"],
     ("recipes", "copy"): ["name", "dest", "--force"],
+    ("embed",): ["--model", "--images", "--texts", "--out", "--save_every", "(default: 64)"],
+    ("search",): ["--index", "--text", "--image", "--grid", "(default: 5)"],
 }
 
 

@@ -21,7 +21,8 @@ LAYERS = [
     ("mmfm.train", "mmfm.checkpoint", "mmfm.config_utils"),
     ("mmfm.evals",),
     ("mmfm.zoo",),
-    ("mmfm.api", "mmfm.notebook_utils", "mmfm.notebook_inference", "mmfm"),
+    ("mmfm.api", "mmfm.notebook_utils", "mmfm.notebook_inference", "mmfm", "mmfm.embed",
+     "mmfm.search"),
     ("mmfm.cli", "mmfm.train.__main__"),
 ]
 

@@ -246,6 +246,12 @@ RULES = (
          checks=(suite_ran("runs/demo_suite", "shapes"),)),
     Rule("Train, evaluate, export", "mmfm export --workdir runs/demo --out runs/demo_export",
          checks=(exported("runs/demo_export"),)),
+    Rule("Embed and search a folder", "mmfm embed --model runs/demo_export --images photos/ "
+                                      "--out photos.safetensors", skip=True,
+         why="run by tests/evals/test_embed_search.py on 36 generated PNGs (the reader's photos/)"),
+    Rule("Embed and search a folder", 'mmfm search --index photos.safetensors --text "a small red '
+                                      'circle" -k 5 --grid hits.png', skip=True,
+         why="run by tests/evals/test_embed_search.py on the index it embedded"),
     Rule("Bring your own data", None, skip=True,
          why="run as written by test_readme_own_data.py on 60 generated images (the section "
              "starts from the reader's own corpus/)"),
