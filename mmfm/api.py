@@ -219,28 +219,19 @@ def load_eval_model(name: str, pretrained: Optional[str] = None, *, batch_size: 
 def make_tokenizer(spec: Optional[registry.TokenizerSpec], base_dir: Optional[str] = None,
                    error: Optional[str] = None):
     """The tokenizer a spec describes, reading its files from `base_dir`."""
-    from mmfm.data.tokenizers import HFTokenizer, load_tokenizer
-    from mmfm.zoo.tokenizers import ClipTokenizer, SiglipTokenizer
+    from mmfm.zoo.tokenizers import tokenizer_from_files
 
     if spec is None:
         raise FileNotFoundError(error or "this model has no tokenizer: pass a tokenizer file to "
                                 "get_tokenizer")
     if spec.kind == "clip_bpe" and spec.file is None:
-        return ClipTokenizer()
+        return tokenizer_from_files("clip_bpe")
     paths = [fileio.join(base_dir or "", n) for n in spec.files()]
     missing = [p for p in paths if not fileio.isfile(p)]
     if not spec.file or missing:
         raise FileNotFoundError(f"tokenizer file(s) {missing or [spec.file]} not found: pass the "
                                 "tokenizer file to get_tokenizer, or load a converted export directory")
-    if spec.kind == "clip_bpe":
-        return ClipTokenizer(paths[0], num_merges=None, vocab_path=paths[1], pad_id=spec.pad_id or 0)
-    if spec.kind == "siglip":
-        return SiglipTokenizer(paths[0], lowercase=spec.lowercase, pad_id=spec.pad_id)
-    if spec.kind == "hf":
-        return HFTokenizer(paths[0], lowercase=spec.lowercase, pad_id=spec.pad_id)
-    if spec.kind == "sentencepiece":
-        return load_tokenizer(paths[0], lowercase=spec.lowercase)
-    raise ValueError(f"unknown tokenizer kind {spec.kind!r}; valid: clip_bpe, siglip, sentencepiece, hf")
+    return tokenizer_from_files(spec.kind, paths, lowercase=spec.lowercase, pad_id=spec.pad_id)
 
 
 def get_tokenizer(name: str, *, kind: Optional[str] = None):
