@@ -397,19 +397,80 @@ def _usage_errors(fn):
     return _guard(os.path.basename(sys.argv[0]) if sys.argv else "mmfm", fn)
 
 
-def export_main(argv=None) -> None:
-    """Export a run's latest checkpoint (params only) for mmfm.create_model_and_transforms."""
-    from mmfm.zoo.export import export_from_workdir
+def _write_stablehlo(model_name: str, pretrained: Optional[str], out: str, name: str) -> str:
+    """Serialized encoders (mmfm.zoo.serialize) of a model loaded through the public API."""
+    import mmfm
+    from mmfm import fileio
+    from mmfm.zoo.serialize import write_serialized
 
+    model, params, _, _ = mmfm.create_model_and_transforms(model_name, pretrained)
+    info = mmfm.model_info(model)
+    spec, files = info.tokenizer, []
+    if spec is not None:
+        files = [fileio.join(info.base_dir or "", n) for n in spec.files()]
+        if not all(fileio.isfile(f) for f in files):
+            spec = None
+    if spec is None:
+        logging.getLogger("mmfm").warning("%s: no tokenizer found; the text encoder takes token ids "
+                                          "only", name)
+    return write_serialized(model, params, info.preprocess, spec, files, out, name=name)
+
+
+def export_main(argv=None) -> None:
+    """Export a run's latest checkpoint (params only) or serialized encoders (--format stablehlo)."""
     p = _Parser(prog="mmfm export", description=_summary(export_main) + "\n\n"
                 "Reads the run read-only (also while it trains), from any directory, without the "
-                "training data. The export holds params.safetensors, config.json (model, "
-                "preprocessing, tokenizer, zero-shot class names) and the tokenizer file.")
-    p.add_argument("--workdir", required=True, help="training workdir, its checkpoints/ or a step dir")
-    p.add_argument("--out", required=True, help="export directory to write (replaced if it exists)")
+                "training data. --format mmfm writes params.safetensors, config.json (model, "
+                "preprocessing, tokenizer, zero-shot class names) and the tokenizer file, for "
+                "mmfm.create_model_and_transforms. --format stablehlo writes the image and text "
+                "encoders as jax.export files (uint8 pixels / token ids in, normalised embeddings "
+                "out, any batch size) that mmfm.local.load runs with only jax and numpy; it also "
+                "serializes an export directory or zoo model (--model).")
+    p.add_argument("--workdir", default=None, help="training workdir, its checkpoints/ or a step dir")
+    p.add_argument("--model", default=None, help="with --format stablehlo, instead of --workdir: "
+                                                 "an export directory or a zoo architecture name")
+    p.add_argument("--pretrained", default=None, help="pretrained tag or weights path for --model")
+    p.add_argument("--out", required=True, help="directory to write (replaced if it exists)")
+    p.add_argument("--format", default="mmfm", choices=("mmfm", "stablehlo"),
+                   help="mmfm: an export directory; stablehlo: serialized encoders")
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
+    if (a.workdir is None) == (a.model is None):
+        p.error("give exactly one of --workdir RUN or --model NAME_OR_EXPORT_DIR")
+    if a.model is None and a.pretrained is not None:
+        p.error("--pretrained goes with --model")
+    if a.model is not None and a.format != "stablehlo":
+        p.error("--model needs --format stablehlo (an export directory already is the mmfm format; "
+                "`mmfm convert` converts other weights)")
     _setup_logging()
-    print(_guard(p.prog, lambda: export_from_workdir(a.workdir, a.out)))
+
+    def run():
+        import tempfile
+
+        from mmfm import fileio
+        from mmfm.zoo.export import export_from_workdir
+
+        if a.format == "mmfm":
+            return export_from_workdir(a.workdir, a.out)
+        if a.model is not None:
+            name = fileio.basename(a.model.rstrip("/")) if fileio.exists(a.model) else a.model
+            if a.pretrained is not None and not fileio.exists(a.pretrained):
+                name += f"/{a.pretrained}"  # a zoo tag: ViT-B-32/openai
+            return _write_stablehlo(a.model, a.pretrained, a.out, name)
+        with tempfile.TemporaryDirectory(prefix="mmfm-export-") as tmp:
+            export = export_from_workdir(a.workdir, os.path.join(tmp, "export"))
+            return _write_stablehlo(export, None, a.out, _run_name(a.workdir))
+
+    print(_guard(p.prog, run))
+
+
+def _run_name(workdir: str) -> str:
+    """A run's name: its workdir's base name (also given a checkpoints/ or step directory)."""
+    from mmfm import fileio
+
+    parts = fileio.absolute(workdir).rstrip("/").split("/")
+    while len(parts) > 1 and (parts[-1] == "checkpoints" or parts[-1].isdigit()):
+        parts.pop()
+    return parts[-1]
 
 
 def convert_main(argv=None) -> None:
