@@ -27,7 +27,8 @@ _BACKEND_PLATFORM = {"gpu": "cuda"}  # jax.default_backend() name -> jax.export 
 
 class LocalModel:
     """The two serialized encoders of one model. Attributes: name, image_size, context_length,
-    embed_dim, mean, std, platforms, meta (the whole serialized.json)."""
+    embed_dim, mean, std, platforms, meta (the whole serialized.json), signature (each encoder's
+    input, e.g. {"image": "uint8[b,224,224,3]", "text": "int32[b,77]"}: b is any batch size)."""
 
     def __init__(self, path: str, meta: dict, image_exported, text_exported):
         self.path, self.meta = path, meta
@@ -38,6 +39,7 @@ class LocalModel:
         self.mean, self.std = tuple(meta["mean"]), tuple(meta["std"])
         self.platforms = tuple(meta["platforms"])
         self._channels = int(meta.get("channels", 3))
+        self.signature = {"image": str(image_exported.in_avals[0]), "text": str(text_exported.in_avals[0])}
         # One jit per encoder: compiled once per batch size, then cached.
         self._image = jax.jit(image_exported.call)
         self._text = jax.jit(text_exported.call)
