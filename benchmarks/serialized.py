@@ -137,11 +137,11 @@ def main() -> None:
         for name in sorted(os.listdir(out)):
             size = os.path.getsize(os.path.join(out, name))
             total += size
-            print(f"  {name:<28}{mib(size)}")
-        print(f"  {'total':<28}{mib(total)}")
+            print(f"  {name:<36}{mib(size)}")
+        print(f"  {'total':<36}{mib(total)}")
         if export is not None:
             ref = os.path.getsize(os.path.join(export, "params.safetensors"))
-            print(f"  {'params.safetensors (f32)':<28}{mib(ref)}   total / params = {total / ref:.2f}")
+            print(f"  {'params.safetensors (f32)':<36}{mib(ref)}   total / params = {total / ref:.2f}")
 
         print(f"\ncold start to first embedding (median of {a.runs} fresh processes, wall time)",
               flush=True)
