@@ -182,7 +182,8 @@ def test_export_from_a_run_matches_the_runs_export(tmp_path):
 
     work = tmp_path / "work"
     train = subprocess.run(
-        [sys.executable, "-m", "mmfm.train", "--config", os.path.join(ROOT, "experiments/configs/demo.py:tiny"),
+        [sys.executable, "-m", "mmfm.train", "--config",
+         os.path.join(ROOT, "experiments", "configs", "demo.py:tiny"),
          "--workdir", str(work / "runs" / "tiny"), f"--config.data.dir={work / 'data'}",
          "--config.total_steps=4", "--max_steps=2"],
         cwd=ROOT, capture_output=True, text=True, timeout=900, env=env())
