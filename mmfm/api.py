@@ -30,7 +30,8 @@ from mmfm.zoo.registry import ARCHITECTURES, add_model_config, list_models, list
 from mmfm.data.preprocess import ImageTransform
 
 __all__ = ["add_model_config", "create_model", "create_model_and_transforms", "encode_image", "encode_text",
-           "get_tokenizer", "list_models", "list_pretrained", "load_eval_model", "load_model_info", "load_run"]
+           "get_tokenizer", "list_models", "list_pretrained", "load_eval_model", "load_model_info", "load_run",
+           "serialize"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,28 +220,19 @@ def load_eval_model(name: str, pretrained: Optional[str] = None, *, batch_size: 
 def make_tokenizer(spec: Optional[registry.TokenizerSpec], base_dir: Optional[str] = None,
                    error: Optional[str] = None):
     """The tokenizer a spec describes, reading its files from `base_dir`."""
-    from mmfm.data.tokenizers import HFTokenizer, load_tokenizer
-    from mmfm.zoo.tokenizers import ClipTokenizer, SiglipTokenizer
+    from mmfm.zoo.tokenizers import tokenizer_from_files
 
     if spec is None:
         raise FileNotFoundError(error or "this model has no tokenizer: pass a tokenizer file to "
                                 "get_tokenizer")
     if spec.kind == "clip_bpe" and spec.file is None:
-        return ClipTokenizer()
+        return tokenizer_from_files("clip_bpe")
     paths = [fileio.join(base_dir or "", n) for n in spec.files()]
     missing = [p for p in paths if not fileio.isfile(p)]
     if not spec.file or missing:
         raise FileNotFoundError(f"tokenizer file(s) {missing or [spec.file]} not found: pass the "
                                 "tokenizer file to get_tokenizer, or load a converted export directory")
-    if spec.kind == "clip_bpe":
-        return ClipTokenizer(paths[0], num_merges=None, vocab_path=paths[1], pad_id=spec.pad_id or 0)
-    if spec.kind == "siglip":
-        return SiglipTokenizer(paths[0], lowercase=spec.lowercase, pad_id=spec.pad_id)
-    if spec.kind == "hf":
-        return HFTokenizer(paths[0], lowercase=spec.lowercase, pad_id=spec.pad_id)
-    if spec.kind == "sentencepiece":
-        return load_tokenizer(paths[0], lowercase=spec.lowercase)
-    raise ValueError(f"unknown tokenizer kind {spec.kind!r}; valid: clip_bpe, siglip, sentencepiece, hf")
+    return tokenizer_from_files(spec.kind, paths, lowercase=spec.lowercase, pad_id=spec.pad_id)
 
 
 def get_tokenizer(name: str, *, kind: Optional[str] = None):
@@ -322,3 +314,42 @@ def encode_text(model: TwoTower, params, texts: Sequence[str] | np.ndarray, *, t
         texts = tokenizer(list([texts] if isinstance(texts, str) else texts),
                           context_length or model.cfg.text.context_length)
     return _encoder(model, "encode_text")(params, jnp.asarray(texts, jnp.int32))
+
+
+def serialize(name: Optional[str], pretrained: Optional[str] = None, *, out: str,
+              workdir: Optional[str] = None, suite_results: Sequence[str] = ()) -> str:
+    """Serialized encoders (`mmfm.zoo.serialize`, run by `mmfm.local.load`) of a zoo model, an
+    export directory (also int8) or, with `workdir`, a training run's latest checkpoint; with
+    the MODEL_CARD.md of the export (made for the run, from what it recorded)."""
+    import logging
+    import tempfile
+
+    from mmfm.zoo.model_card import CARD_FILE, model_card
+    from mmfm.zoo.serialize import write_serialized
+
+    if workdir is not None:
+        with tempfile.TemporaryDirectory(prefix="mmfm-export-") as tmp:
+            export = export_lib.export_from_workdir(workdir, os.path.join(tmp, "export"),
+                                                    suite_results=suite_results)
+            return serialize(export, out=out)
+    model, params, info = _create(name, pretrained, mesh=None, overrides=None, sha256=None,
+                                  cache_dir=None, offline=None, seed=0, rules=None)
+    label = fileio.basename(name.rstrip("/")) if fileio.exists(name) else name
+    if pretrained is not None and not fileio.exists(pretrained):
+        label += f"/{pretrained}"  # a zoo tag: ViT-B-32/openai
+    card_path = fileio.join(info.base_dir or "", CARD_FILE)
+    if info.base_dir and fileio.isfile(card_path):
+        card = fileio.read_text(card_path)
+        label = card.splitlines()[0].removeprefix("# Model card: ") or label
+    else:
+        card = model_card(model.cfg, common.to_canonical(common.flatten(jax.device_get(params))),
+                          name=label, source={"kind": "zoo", "arch": name, "path": pretrained})
+    spec, files = info.tokenizer, []
+    if spec is not None:
+        files = [fileio.join(info.base_dir or "", n) for n in spec.files()]
+        if not all(fileio.isfile(f) for f in files):
+            spec, files = None, []
+    if spec is None:
+        logging.getLogger("mmfm").warning("%s: no tokenizer found; the text encoder takes token ids "
+                                          "only", label)
+    return write_serialized(model, params, info.preprocess, spec, files, out, name=label, card=card)

@@ -398,24 +398,50 @@ def _usage_errors(fn):
 
 
 def export_main(argv=None) -> None:
-    """Export a run's latest checkpoint (params only) for mmfm.create_model_and_transforms."""
-    from mmfm.zoo.export import export_from_workdir
-
+    """Export a run's latest checkpoint (params only) or serialized encoders (--format stablehlo)."""
     p = _Parser(prog="mmfm export", description=_summary(export_main) + "\n\n"
                 "Reads the run read-only (also while it trains), from any directory, without the "
-                "training data. The export holds params.safetensors, config.json (model, "
-                "preprocessing, tokenizer, zero-shot class names), the tokenizer file and "
-                "MODEL_CARD.md (architecture, training, recorded evals, failure modes).")
-    p.add_argument("--workdir", required=True, help="training workdir, its checkpoints/ or a step dir")
-    p.add_argument("--out", required=True, help="export directory to write (replaced if it exists)")
+                "training data. --format mmfm writes params.safetensors, config.json (model, "
+                "preprocessing, tokenizer, zero-shot class names) and the tokenizer file, for "
+                "mmfm.create_model_and_transforms. --format stablehlo writes the image and text "
+                "encoders as jax.export files (uint8 pixels / token ids in, normalised embeddings "
+                "out, any batch size) that mmfm.local.load runs with only jax and numpy; it also "
+                "serializes an export directory or zoo model (--model). Both write MODEL_CARD.md "
+                "(architecture, training, recorded evals, failure modes).")
+    p.add_argument("--workdir", default=None, help="training workdir, its checkpoints/ or a step dir")
+    p.add_argument("--model", default=None, help="with --format stablehlo, instead of --workdir: "
+                                                 "an export directory or a zoo architecture name")
+    p.add_argument("--pretrained", default=None, help="pretrained tag or weights path for --model")
+    p.add_argument("--out", required=True, help="directory to write (replaced if it exists)")
+    p.add_argument("--format", default="mmfm", choices=("mmfm", "stablehlo"),
+                   help="mmfm: an export directory; stablehlo: serialized encoders")
     p.add_argument("--suite_results", action="append", default=[], metavar="DIR_OR_JSON",
                    help="an `mmfm eval --suite` output (its directory or suite_results.json) to "
                         "include in MODEL_CARD.md (repeatable); those inside the workdir are "
                         "included anyway")
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
+    if (a.workdir is None) == (a.model is None):
+        p.error("give exactly one of --workdir RUN or --model NAME_OR_EXPORT_DIR")
+    if a.model is None and a.pretrained is not None:
+        p.error("--pretrained goes with --model")
+    if a.model is not None and a.format != "stablehlo":
+        p.error("--model needs --format stablehlo (an export directory already is the mmfm format; "
+                "`mmfm convert` converts other weights)")
+    if a.model is not None and a.suite_results:
+        p.error("--suite_results goes with --workdir (an export's MODEL_CARD.md is copied as it is)")
     _setup_logging()
-    print(_guard(p.prog, lambda: export_from_workdir(a.workdir, a.out,
-                                                     suite_results=a.suite_results)))
+
+    def run():
+        from mmfm.api import serialize
+        from mmfm.zoo.export import export_from_workdir
+
+        if a.format == "mmfm":
+            return export_from_workdir(a.workdir, a.out, suite_results=a.suite_results)
+        if a.model is not None:
+            return serialize(a.model, a.pretrained, out=a.out)
+        return serialize(None, workdir=a.workdir, out=a.out, suite_results=a.suite_results)
+
+    print(_guard(p.prog, run))
 
 
 def convert_main(argv=None) -> None:

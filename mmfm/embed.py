@@ -26,12 +26,12 @@ import numpy as np
 from PIL import Image
 
 from mmfm import fileio
+from mmfm.local import META_FILE as LOCAL_MARKER  # a serialized (`mmfm export --format stablehlo`) dir
 from mmfm.data.transforms import Resize, to_uint8_rgb
 from mmfm.train.metrics import format_eta
 
 FORMAT = "mmfm-embeddings/1"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-LOCAL_MARKER = "local.json"  # a serialized (`mmfm export --format stablehlo`) model directory
 
 
 # ----------------------------------------------------------------------------- models
@@ -73,7 +73,7 @@ def model_identity(model: str, pretrained: Optional[str] = None) -> tuple[str, s
 
 def load_encoder(model: str, pretrained: Optional[str] = None, *, batch_size: int = 64) -> Encoder:
     """`model`: a training run dir, an export dir (also int8), a zoo architecture with
-    `pretrained` tag or file, or a serialized model dir (holding local.json)."""
+    `pretrained` tag or file, or a serialized model dir (holding serialized.json)."""
     if fileio.isdir(model) and fileio.isfile(fileio.join(model, LOCAL_MARKER)):
         return _local_encoder(model)
     model_id, pretrained_id = model_identity(model, pretrained)
@@ -93,10 +93,10 @@ def load_encoder(model: str, pretrained: Optional[str] = None, *, batch_size: in
 
 
 def _local_encoder(path: str) -> Encoder:
-    import mmfm.local  # written by the serialized-export work; only needed for such dirs
+    import mmfm.local
 
     m = mmfm.local.load(path)
-    resize = Resize(int(m.image_size), getattr(m, "interpolation", "bilinear"))
+    resize = Resize(int(m.image_size), m.interpolation)
     return Encoder(model=fileio.absolute(path), pretrained="", name=str(m.name), prepare=resize,
                    encode_images=lambda ims: np.asarray(m.encode_image(np.stack(ims)), np.float32),
                    encode_texts=lambda texts: np.asarray(m.encode_text(list(texts)), np.float32))

@@ -2,7 +2,9 @@
 
 Layers, lowest first; a module may import only from its own layer or lower ones:
   0 sharding, masking, patches  1 models        2 losses        3 data        4 train, checkpoint
-  5 evals                    6 zoo           7 api, notebooks' helpers     8 cli, entry points
+  5 evals                    6 zoo, local    7 api, notebooks' helpers     8 cli, entry points
+mmfm.local sits with the zoo for its tokenizers (mmfm.zoo.tokenizers), and a test below keeps
+everything it reaches free of the training stack.
 Every `import` counts, including those inside functions (a lazy import is still a dependency).
 """
 import ast
@@ -20,7 +22,7 @@ LAYERS = [
     ("mmfm.data",),
     ("mmfm.train", "mmfm.checkpoint", "mmfm.config_utils"),
     ("mmfm.evals",),
-    ("mmfm.zoo",),
+    ("mmfm.zoo", "mmfm.local"),
     ("mmfm.api", "mmfm.notebook_utils", "mmfm.notebook_inference", "mmfm", "mmfm.embed",
      "mmfm.search"),
     ("mmfm.cli", "mmfm.train.__main__"),
@@ -136,3 +138,49 @@ def test_only_the_checkpoint_module_imports_orbax(module):
                    any(isinstance(n, (ast.Import, ast.ImportFrom)) and "orbax" in ast.dump(n)
                        for n in ast.walk(ast.parse(open(p).read()))))
     assert users == [module]
+
+
+# What `import mmfm.local` may reach: jax, numpy and tokenizer libraries, never the training stack.
+LOCAL_FORBIDDEN_MMFM = ("mmfm.models", "mmfm.api", "mmfm.train", "mmfm.checkpoint", "mmfm.evals",
+                        "mmfm.losses", "mmfm.sharding", "mmfm.zoo.registry")
+LOCAL_FORBIDDEN_PACKAGES = ("flax", "optax", "orbax", "grain", "tensorflow_datasets", "tensorflow",
+                            "chex", "ml_collections", "torch")
+
+
+def _import_time_nodes(node):
+    """The statements that run when a module is imported (function bodies do not)."""
+    for child in ast.iter_child_nodes(node):
+        if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            yield child
+            yield from _import_time_nodes(child)
+
+
+def _external_imports(module: str) -> set:
+    """Top-level package names a module imports when it is imported (a function's lazy import,
+    such as mmfm.data.tokenizers reading TFDS text only when asked to, is checked at run time by
+    tests/zoo/test_serialized.py)."""
+    names = set()
+    for node in _import_time_nodes(ast.parse(open(MODULES[module]).read())):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_mmfm_local_reaches_no_training_code():
+    seen, todo = set(), ["mmfm.local"]
+    while todo:
+        m = todo.pop()
+        if m in seen:
+            continue
+        seen.add(m)
+        # `mmfm` itself imports its public API lazily (PEP 562): only its eager imports count.
+        todo += [t for t, _, _ in _imports(m) if not (m == "mmfm" and t not in ("mmfm.version",
+                                                                                "mmfm.host_memory"))]
+        if "." in m:
+            todo.append(m.rsplit(".", 1)[0])  # importing a submodule runs its package's __init__
+    bad = sorted(m for m in seen if m.startswith(LOCAL_FORBIDDEN_MMFM))
+    assert not bad, f"mmfm.local reaches {bad}"
+    external = set().union(*(_external_imports(m) for m in seen))
+    assert "jax" in external and not external & set(LOCAL_FORBIDDEN_PACKAGES), sorted(external)

@@ -190,3 +190,28 @@ class SiglipTokenizer(Tokenizer):
 
     def __repr__(self) -> str:
         return f"SiglipTokenizer({self.path!r}, vocab_size={self.vocab_size})"
+
+
+TOKENIZER_KINDS = ("clip_bpe", "siglip", "sentencepiece", "hf")
+
+
+def tokenizer_from_files(kind: str, paths: Sequence[str] = (), *, lowercase: bool = True,
+                         pad_id: Optional[int] = None):
+    """The tokenizer of a `TokenizerSpec` whose files (`spec.files()`, in that order) are at
+    `paths`; no paths for the shipped CLIP BPE. Used by `mmfm.make_tokenizer` and `mmfm.local`,
+    so it needs no model or registry code."""
+    from mmfm.data.tokenizers import HFTokenizer, load_tokenizer
+
+    if kind == "clip_bpe" and not paths:
+        return ClipTokenizer()
+    if not paths:
+        raise ValueError(f"tokenizer {kind!r} needs its file(s)")
+    if kind == "clip_bpe":
+        return ClipTokenizer(paths[0], num_merges=None, vocab_path=paths[1], pad_id=pad_id or 0)
+    if kind == "siglip":
+        return SiglipTokenizer(paths[0], lowercase=lowercase, pad_id=pad_id)
+    if kind == "hf":
+        return HFTokenizer(paths[0], lowercase=lowercase, pad_id=pad_id)
+    if kind == "sentencepiece":
+        return load_tokenizer(paths[0], lowercase=lowercase)
+    raise ValueError(f"unknown tokenizer kind {kind!r}; valid: {', '.join(TOKENIZER_KINDS)}")

@@ -191,6 +191,22 @@ def exported(out: str) -> Callable[[Ctx], None]:
     return check
 
 
+def serialized(out: str) -> Callable[[Ctx], None]:
+    """`mmfm export --format stablehlo`: both encoders, and mmfm.local embeds with them."""
+    def check(ctx):
+        files = set(os.listdir(ctx.path(out)))
+        assert {"image_encoder.jaxexport", "text_encoder.jaxexport", "serialized.json"} <= files, files
+        code = ("import numpy as np, mmfm.local; m = mmfm.local.load(%r); "
+                "print(m.encode_text(['a red circle']).shape, "
+                "m.encode_image(np.zeros((3, m.image_size, m.image_size, 3), np.uint8)).shape)")
+        res = ctx.shell(f"python -c \"{code % ctx.path(out)}\"")
+        assert res.returncode == 0, failure_report(res)
+        with open(os.path.join(ctx.path(out), "serialized.json")) as f:
+            dim = json.load(f)["embed_dim"]
+        assert res.stdout.split() == ["(1,", f"{dim})", "(3,", f"{dim})"], res.stdout
+    return check
+
+
 # ----------------------------------------------------------------------------- the table
 
 @dataclass(frozen=True)
@@ -246,6 +262,9 @@ RULES = (
          checks=(suite_ran("runs/demo_suite", "shapes"),)),
     Rule("Train, evaluate, export", "mmfm export --workdir runs/demo --out runs/demo_export",
          checks=(exported("runs/demo_export"),)),
+    Rule("Train, evaluate, export", "mmfm export --workdir runs/demo --out runs/demo_local "
+                                    "--format stablehlo",
+         checks=(serialized("runs/demo_local"),)),
     Rule("Embed and search a folder", "mmfm embed --model runs/demo_export --images photos/ "
                                       "--out photos.safetensors", skip=True,
          why="run by tests/evals/test_embed_search.py on 36 generated PNGs (the reader's photos/)"),
