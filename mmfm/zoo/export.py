@@ -23,7 +23,7 @@ from mmfm import fileio
 from mmfm.fileio import honour_umask
 from mmfm.models.config import ModelConfig, model_config_from_dict, model_config_to_dict
 from mmfm.zoo import sources
-from mmfm.zoo.pretrained import FORMAT, PARAMS_FILE, VERSION
+from mmfm.zoo.pretrained import FORMAT, PARAMS_FILE, QUANTIZED_VERSION, SCALE_SUFFIX, VERSION
 from mmfm.zoo.convert import common
 from mmfm.zoo.registry import GEMMA_VOCAB, Preprocess, TokenizerSpec, get_model_config
 from mmfm.zoo.source_tokenizer import TokenizerNotFound
@@ -43,14 +43,17 @@ def default_tokenizer(cfg: ModelConfig) -> TokenizerSpec:
 
 def save_export(out_dir: str, flat_params: dict, cfg: ModelConfig, *, preprocess: Preprocess,
                 tokenizer: TokenizerSpec, tokenizer_files: Sequence[str] = (),
-                zeroshot: Optional[dict] = None, source: Optional[dict] = None) -> str:
+                zeroshot: Optional[dict] = None, source: Optional[dict] = None,
+                quantization: Optional[dict] = None) -> str:
     """Writes an export directory: locally atomically (a temp dir renamed into place); to a URL
     uploaded file by file, config.json last. `tokenizer_files`: the paths of the files
-    `tokenizer.files()` names (copied in under those names)."""
+    `tokenizer.files()` names (copied in under those names). `quantization`: the entry of an
+    int8 export (`mmfm.zoo.quantize`), whose params hold int8 values and `<name>.scale` tensors."""
     from safetensors.numpy import save_file
 
     flat = common.to_canonical({k: np.asarray(v) for k, v in flat_params.items()})
-    common.check_params(flat, cfg, "export")
+    common.check_params({k: v for k, v in flat.items()  # an int8 weight keeps its name and shape
+                         if not (quantization and k.endswith(SCALE_SUFFIX))}, cfg, "export")
     flat = {k: (v.astype(np.float32) if v.dtype.kind == "V" or str(v.dtype) == "bfloat16" else v)
             for k, v in flat.items()}
     by_name = {fileio.basename(f): f for f in tokenizer_files}
@@ -61,6 +64,8 @@ def save_export(out_dir: str, flat_params: dict, cfg: ModelConfig, *, preprocess
     meta = {"format": FORMAT, "version": VERSION, "model": model_config_to_dict(cfg),
             "preprocess": dataclasses.asdict(preprocess), "tokenizer": dataclasses.asdict(tokenizer),
             "zeroshot": zeroshot or {}, "source": source or {}}
+    if quantization:  # an mmfm that predates int8 exports refuses version 2 instead of misreading it
+        meta.update(version=QUANTIZED_VERSION, quantization=quantization)
 
     def write(tmp: str) -> None:
         save_file({k: np.ascontiguousarray(v) for k, v in flat.items()}, fileio.join(tmp, PARAMS_FILE))
