@@ -452,8 +452,6 @@ def quantize_main(argv=None) -> None:
     p.add_argument("--out", required=True, help="export directory to write (replaced if it exists)")
     p.add_argument("--pretrained", default=None, help="pretrained tag for an architecture name "
                                                       "(default: its random init)")
-    p.add_argument("--activations", default="float", choices=("float", "int8"),
-                   help="float: weight-only; int8: matmul inputs quantized per token too")
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
     _setup_logging()
 
@@ -461,7 +459,7 @@ def quantize_main(argv=None) -> None:
         from mmfm.api import quantize_export
         from mmfm.zoo.quantize import file_bytes
 
-        out = quantize_export(a.src, a.out, pretrained=a.pretrained, activations=a.activations)
+        out = quantize_export(a.src, a.out, pretrained=a.pretrained)
         print(f"{out} ({file_bytes(out) / 1e6:.2f} MB)")
     _guard(p.prog, run)
 

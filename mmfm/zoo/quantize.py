@@ -10,8 +10,9 @@ with one scale per row. LayerNorms, biases, position tables, the temperature and
 The model is the same `TwoTower` with its methods wrapped by `qwix.quantize_model`: qwix
 intercepts `dot_general` / `einsum` inside `model.apply` and runs them on the int8 `QArray`s
 (dequantised in the matmul on CPU), so `model.apply({"params": p}, x, method=model.encode_image)`
-works unchanged on the quantized params. `activations="int8"` also quantizes the matmul inputs
-(dynamic per-token absmax), which XLA:CPU runs as int8 x int8 dots.
+works unchanged on the quantized params. Activations stay float: qwix's int8-activation path
+treats the bare `QArray` weights `Int8Provider` hands out (see there) as activations and fails, so
+`activations="int8"` is refused until mmfm's attention stops casting its kernels.
 
 On disk (an export directory, `mmfm.zoo.export` layout) each quantized parameter keeps its name and
 shape with int8 values, and `<name>.scale` holds its scales (broadcastable to the weight);
@@ -34,7 +35,7 @@ from mmfm.zoo.pretrained import SCALE_SUFFIX
 
 EMBEDDING = "txt/embedding/embedding"
 METHODS = ("__call__", "encode_image", "encode_text", "classify")
-ACTIVATIONS = ("float", "int8")
+ACTIVATIONS = ("float",)
 
 
 class Int8Provider(qwix.PtqProvider):
@@ -78,11 +79,11 @@ def inference_config(cfg: ModelConfig) -> ModelConfig:
 def quantize_model(model: TwoTower, activations: str = "float") -> TwoTower:
     """`model` with its methods running int8 weights (and int8 activations if asked)."""
     if activations not in ACTIVATIONS:
-        raise ValueError(f"activations must be one of {ACTIVATIONS}, got {activations!r}")
-    rule = qwix.QuantizationRule(
-        module_path=".*", op_names=("dot_general", "einsum"), weight_qtype=jnp.int8,
-        act_qtype=jnp.int8 if activations == "int8" else None)
-    # op_names: qwix's conv path needs int8 activations too; the (small) patch conv stays float.
+        raise ValueError(f"activations={activations!r} is not supported (weight-only int8: "
+                         f"{ACTIVATIONS}); see mmfm.zoo.quantize")
+    rule = qwix.QuantizationRule(module_path=".*", op_names=("dot_general", "einsum"),
+                                 weight_qtype=jnp.int8)
+    # op_names: qwix's conv path needs int8 activations; the (small) patch conv stays float.
     return qwix.quantize_model(model, Int8Provider([rule]), methods=METHODS)
 
 
