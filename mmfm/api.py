@@ -43,6 +43,7 @@ class ModelInfo:
     base_dir: Optional[str] = None  # where the tokenizer file lives
     zeroshot: dict = dataclasses.field(default_factory=dict)
     tokenizer_error: Optional[str] = None  # why no tokenizer was found (raised when one is asked for)
+    quantization: Optional[dict] = None  # an int8 export's config.json entry (mmfm.zoo.quantize)
 
 
 def _is_source(x: str) -> bool:
@@ -115,8 +116,10 @@ def load_model_info(name: str, pretrained: Optional[str] = None, *, overrides: O
         # activation), and every source's shapes are checked against a named architecture.
         use_arch = arch_cfg if converter in ("openclip", "big_vision") else None
         src_cfg, flat, src_info = sources.convert_source(path, converter, use_arch, arch=name)
-        if arch_cfg is not None:
-            common.check_params(flat, arch_cfg, name)
+        if arch_cfg is not None:  # an int8 export keeps each weight's name and shape
+            scales = pre_lib.SCALE_SUFFIX if src_info.get("quantization") else None
+            common.check_params({k: v for k, v in flat.items() if not (scales and k.endswith(scales))},
+                                arch_cfg, name)
         cfg = src_cfg
     else:
         cfg = arch_cfg
@@ -129,7 +132,8 @@ def load_model_info(name: str, pretrained: Optional[str] = None, *, overrides: O
     else:
         info = ModelInfo(cfg, src_info["preprocess"], src_info.get("tokenizer"),
                          src_info.get("dir", base_dir), src_info.get("zeroshot", {}),
-                         tokenizer_error=src_info.get("tokenizer_error"))
+                         tokenizer_error=src_info.get("tokenizer_error"),
+                         quantization=src_info.get("quantization"))
     return info, flat
 
 
@@ -169,7 +173,13 @@ def _create(name, pretrained, *, mesh, overrides, sha256, cache_dir, offline, se
     info, flat = load_model_info(name, pretrained, overrides=overrides, sha256=sha256,
                                  cache_dir=cache_dir, offline=offline)
     model = TwoTower(info.config)
-    params = _place(model, flat, mesh, rules, seed)
+    if info.quantization:  # qwix's wrapped TwoTower on int8 params (one device)
+        if mesh is not None:
+            raise ValueError("an int8 export loads on one device; mesh is not supported for it")
+        from mmfm.zoo.quantize import load_quantized  # imports qwix: only for int8 exports
+        model, params = load_quantized(model, flat, info.quantization)
+    else:
+        params = _place(model, flat, mesh, rules, seed)
     _INFO[id(model)] = info
     return model, params, info
 
@@ -215,6 +225,72 @@ def load_eval_model(name: str, pretrained: Optional[str] = None, *, batch_size: 
         model, params, batch_size=batch_size, preprocess=info.preprocess, tokenizer=tokenizer,
         context_length=int(info.tokenizer.context_length or model.cfg.text.context_length),
         zeroshot=zeroshot)
+
+
+def _is_run(path: str) -> bool:
+    """A training workdir, its checkpoints/ directory or one of its step directories."""
+    path = fileio.absolute(path)
+    return fileio.isdir(path) and (fileio.isdir(fileio.join(path, "checkpoints"))
+                                   or fileio.basename(path) == "checkpoints"
+                                   or (fileio.basename(path).isdigit()
+                                       and fileio.basename(fileio.dirname(path)) == "checkpoints"))
+
+
+def quantize_export(src: str, out_dir: str, *, pretrained: Optional[str] = None,
+                    activations: str = "float") -> str:
+    """Writes an int8 export (`mmfm.zoo.quantize`) of a training run, an export, a converted
+    source or a zoo architecture (+ `pretrained` tag; without one, its random init, seed 0)."""
+    import tempfile
+
+    from mmfm.zoo.quantize import quantize_flat
+
+    if _is_run(src):  # through a float export: the run's tokenizer, preprocessing, class names
+        with tempfile.TemporaryDirectory(prefix="mmfm-quantize-") as tmp:
+            f32 = export_lib.export_from_workdir(src, fileio.join(tmp, "f32"))
+            return quantize_export(f32, out_dir, activations=activations)
+    info, flat = load_model_info(src, pretrained)
+    if info.quantization:
+        raise ValueError(f"{src} is already an int8 export")
+    model = TwoTower(info.config)
+    if flat is None:
+        flat = common.flatten(jax.tree.map(np.asarray, _place(model, None, None, None, 0)))
+    cfg, tensors, entry = quantize_flat(info.config, flat, activations)
+    tok = info.tokenizer
+    if tok is None:
+        raise FileNotFoundError(info.tokenizer_error or f"{src}: no tokenizer found")
+    meta = {}
+    if fileio.isdir(src) and fileio.isfile(fileio.join(src, "config.json")):
+        meta = pre_lib.read_export_config(src) if sources.detect_converter(src) == "mmfm" else {}
+    return export_lib.save_export(
+        out_dir, tensors, cfg, preprocess=info.preprocess, tokenizer=tok,
+        tokenizer_files=[fileio.join(info.base_dir or "", n) for n in tok.files()],
+        zeroshot={k: [list(n), list(t)] for k, (n, t) in (info.zeroshot or {}).items()},
+        source={"kind": "quantized", "from": fileio.absolute(src) if _is_source(src) else src,
+                "pretrained": pretrained, "original": meta.get("source", {})},
+        quantization=entry, card=_quantized_card(src, info.config, flat, tensors, entry))
+
+
+def _quantized_card(src: str, cfg: ModelConfig, flat: dict, tensors: dict, entry: dict) -> str:
+    """The source's MODEL_CARD.md (or one made from its config and float params) with a section
+    on the quantization: what became int8, and the bytes of the weights before and after."""
+    from mmfm.zoo.model_card import CARD_FILE, model_card
+
+    path = fileio.join(src, CARD_FILE) if fileio.isdir(src) else ""
+    if path and fileio.isfile(path):
+        card = fileio.read_text(path)
+    else:
+        card = model_card(cfg, common.to_canonical(flat), name=fileio.basename(src.rstrip("/")),
+                          source={"kind": "zoo", "arch": src})
+    f32 = sum(np.asarray(v).size * 4 for v in flat.values())
+    int8 = sum(np.asarray(v).nbytes for v in tensors.values())
+    return "\n".join([card.rstrip("\n"), "", "## Quantization", "",
+                      f"- {entry['weight_dtype']} weights ({entry['method']}; {entry['library']} "
+                      f"{entry['library_version']}), {entry['scale_dtype']} scales, "
+                      f"{entry['activations']} activations; {len(entry['layers'])} layers quantized.",
+                      f"- Kept in float32: {entry['float_params']}.",
+                      f"- Weights: {int8 / 1e6:.2f} MB vs {f32 / 1e6:.2f} MB in float32 "
+                      f"({int8 / f32:.2f}x). Check the evals of this export against the float "
+                      "model's above before relying on it: they are the float model's.", ""])
 
 
 def make_tokenizer(spec: Optional[registry.TokenizerSpec], base_dir: Optional[str] = None,

@@ -471,6 +471,31 @@ def convert_main(argv=None) -> None:
                                                    tokenizer_file=a.tokenizer)))
 
 
+def quantize_main(argv=None) -> None:
+    """Write an int8 copy (qwix, per-channel weights) of a run, an export or a zoo model."""
+    p = _Parser(prog="mmfm quantize", description=_summary(quantize_main) + "\n\n"
+                "The output is an export directory (config.json records the quantization) that "
+                "mmfm.create_model_and_transforms, mmfm.load_eval_model and `mmfm eval --model` "
+                "load like any other. Weights of every matmul are int8 with one scale per output "
+                "channel, the token embedding int8 per row; LayerNorms, biases and position tables "
+                "stay float32.")
+    p.add_argument("src", help="training workdir (or checkpoints/ or a step dir), export "
+                               "directory, weights path, or zoo architecture name")
+    p.add_argument("--out", required=True, help="export directory to write (replaced if it exists)")
+    p.add_argument("--pretrained", default=None, help="pretrained tag for an architecture name "
+                                                      "(default: its random init)")
+    a = p.parse_args(sys.argv[1:] if argv is None else argv)
+    _setup_logging()
+
+    def run():
+        from mmfm.api import quantize_export
+        from mmfm.zoo.quantize import file_bytes
+
+        out = quantize_export(a.src, a.out, pretrained=a.pretrained)
+        print(f"{out} ({file_bytes(out) / 1e6:.2f} MB)")
+    _guard(p.prog, run)
+
+
 EVAL_EPILOG = """\
 examples:
   mmfm eval --checkpoint runs/demo                        the run's own end-of-training eval
@@ -802,7 +827,7 @@ def search_main(argv=None) -> None:
 
 COMMANDS = {"train": train_main, "eval": eval_main, "export": export_main, "convert": convert_main,
             "data": data_main, "tokenizer": tokenizer_main, "recipes": recipes_main, "zoo": zoo_main,
-            "embed": embed_main, "search": search_main}
+            "quantize": quantize_main, "embed": embed_main, "search": search_main}
 
 
 def overview() -> str:

@@ -24,7 +24,7 @@ from mmfm import fileio
 from mmfm.fileio import honour_umask
 from mmfm.models.config import ModelConfig, model_config_from_dict, model_config_to_dict
 from mmfm.zoo import sources
-from mmfm.zoo.pretrained import FORMAT, PARAMS_FILE, VERSION
+from mmfm.zoo.pretrained import FORMAT, PARAMS_FILE, QUANTIZED_VERSION, SCALE_SUFFIX, VERSION
 from mmfm.zoo.convert import common
 from mmfm.zoo.model_card import CARD_FILE, RunRecord, model_card
 from mmfm.zoo.registry import GEMMA_VOCAB, Preprocess, TokenizerSpec, get_model_config
@@ -46,15 +46,17 @@ def default_tokenizer(cfg: ModelConfig) -> TokenizerSpec:
 def save_export(out_dir: str, flat_params: dict, cfg: ModelConfig, *, preprocess: Preprocess,
                 tokenizer: TokenizerSpec, tokenizer_files: Sequence[str] = (),
                 zeroshot: Optional[dict] = None, source: Optional[dict] = None,
-                card: Optional[str] = None) -> str:
+                card: Optional[str] = None, quantization: Optional[dict] = None) -> str:
     """Writes an export directory: locally atomically (a temp dir renamed into place); to a URL
     uploaded file by file, config.json last. `tokenizer_files`: the paths of the files
     `tokenizer.files()` names (copied in under those names). `card`: MODEL_CARD.md's text
-    (default: one from the config, params and `source` alone)."""
+    (default: one from the config, params and `source` alone). `quantization`: the entry of an
+    int8 export (`mmfm.zoo.quantize`), whose params hold int8 values and `<name>.scale` tensors."""
     from safetensors.numpy import save_file
 
     flat = common.to_canonical({k: np.asarray(v) for k, v in flat_params.items()})
-    common.check_params(flat, cfg, "export")
+    common.check_params({k: v for k, v in flat.items()  # an int8 weight keeps its name and shape
+                         if not (quantization and k.endswith(SCALE_SUFFIX))}, cfg, "export")
     flat = {k: (v.astype(np.float32) if v.dtype.kind == "V" or str(v.dtype) == "bfloat16" else v)
             for k, v in flat.items()}
     by_name = {fileio.basename(f): f for f in tokenizer_files}
@@ -65,6 +67,8 @@ def save_export(out_dir: str, flat_params: dict, cfg: ModelConfig, *, preprocess
     meta = {"format": FORMAT, "version": VERSION, "model": model_config_to_dict(cfg),
             "preprocess": dataclasses.asdict(preprocess), "tokenizer": dataclasses.asdict(tokenizer),
             "zeroshot": zeroshot or {}, "source": source or {}}
+    if quantization:  # an mmfm that predates int8 exports refuses version 2 instead of misreading it
+        meta.update(version=QUANTIZED_VERSION, quantization=quantization)
     if card is None:
         name = (source or {}).get("arch") or fileio.basename(fileio.absolute(out_dir))
         card = model_card(cfg, flat, name=name, source=source)

@@ -253,6 +253,8 @@ def read_weights(path: str) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------- mmfm exports
 
 FORMAT, VERSION = "mmfm-export", 1
+QUANTIZED_VERSION = 2  # int8 exports (mmfm.zoo.quantize): params hold int8 values and scales
+SCALE_SUFFIX = ".scale"  # an int8 export's `<param name>.scale` tensors
 PARAMS_FILE = "params.safetensors"
 
 
@@ -264,9 +266,9 @@ def read_export_config(path: str) -> dict:
         meta = json.load(f)
     if meta.get("format") != FORMAT:
         raise ValueError(f"{cfg_path}: format is {meta.get('format')!r}, expected {FORMAT!r}")
-    if int(meta.get("version", 0)) > VERSION:
+    if int(meta.get("version", 0)) > QUANTIZED_VERSION:
         raise ValueError(f"{cfg_path}: export version {meta['version']} is newer than this mmfm "
-                         f"reads ({VERSION}); upgrade mmfm")
+                         f"reads ({QUANTIZED_VERSION}); upgrade mmfm")
     return meta
 
 
@@ -286,5 +288,5 @@ def load_export(path: str) -> tuple[ModelConfig, dict, dict]:
     pre = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in pre.items()})
     info = {"preprocess": pre, "tokenizer": TokenizerSpec(**meta.get("tokenizer", {})),
             "zeroshot": meta.get("zeroshot", {}), "dir": fileio.absolute(path),
-            "source": meta.get("source", {})}
+            "source": meta.get("source", {}), "quantization": meta.get("quantization")}
     return cfg, flat, info

@@ -123,7 +123,11 @@ def test_local_model_embeds_exactly_as_the_library_with_only_jax(export_dir, ser
 @pytest.mark.slow
 def test_artifact_holds_two_encoders_metadata_and_the_tokenizer(export_dir, serialized):
     files = sorted(os.listdir(serialized))
-    assert files == ["image_encoder.jaxexport", "serialized.json", "t.model", "text_encoder.jaxexport"]
+    assert files == ["MODEL_CARD.md", "image_encoder.jaxexport", "serialized.json", "t.model",
+                     "text_encoder.jaxexport"]
+    card = open(os.path.join(serialized, "MODEL_CARD.md")).read()
+    export_card = open(os.path.join(export_dir, "MODEL_CARD.md")).read()
+    assert card.startswith(export_card.rstrip("\n")) and "## Serialized encoders" in card
     meta = json.load(open(os.path.join(serialized, "serialized.json")))
     export_meta = json.load(open(os.path.join(export_dir, "config.json")))
     assert meta["format"] == "mmfm-serialized" and meta["mmfm_version"] == mmfm.__version__
@@ -200,3 +204,30 @@ def test_export_from_a_run_matches_the_runs_export(tmp_path):
     assert np.abs(m.encode_image(images) - ref).max() <= 1e-6
     ref = np.asarray(mmfm.encode_text(model, params, TEXTS, tokenizer=tokenizer))
     assert np.abs(m.encode_text(TEXTS) - ref).max() <= 1e-6
+
+
+@pytest.mark.slow
+def test_embed_and_search_run_on_the_serialized_model(export_dir, serialized, tmp_path):
+    """`mmfm embed` on a serialized dir gives the library's embeddings; each image finds itself."""
+    from PIL import Image
+
+    from mmfm.embed import embed_images, load_encoder, load_index
+    from mmfm.search import top_k
+
+    model, params, _, preprocess = mmfm.create_model_and_transforms(export_dir)
+    size = model.cfg.image.image_size
+    images = np.random.default_rng(2).integers(0, 256, (12, size, size, 3), np.uint8)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, im in enumerate(images):
+        Image.fromarray(im).save(folder / f"{i:02d}.png")
+    enc = load_encoder(serialized)
+    out = str(tmp_path / "index.safetensors")
+    summary = embed_images(enc, [str(folder)], out, batch_size=5)
+    assert summary["embedded"] == 12
+    index = load_index(out)
+    assert index.ids == [f"{i:02d}.png" for i in range(12)]
+    ref = np.asarray(mmfm.encode_image(model, params, preprocess.normalize(images)))
+    assert np.abs(index.embeddings - ref).max() <= 1e-6
+    hits = top_k(index.embeddings, index.embeddings, 1)
+    assert [h[0][1] for h in hits] == list(range(12))
