@@ -22,7 +22,7 @@ host_memory.keep_step_memory()  # before JAX starts its CPU threads; see mmfm/ho
 _EXPORTS = {
     "mmfm.api": ("add_model_config", "create_model", "create_model_and_transforms", "encode_image",
                  "encode_text", "get_tokenizer", "list_models", "list_pretrained", "load_eval_model",
-                 "load_model_info", "load_run", "model_info"),
+                 "load_model_info", "load_run", "model_info", "quantize_export", "serialize"),
     "mmfm.models.config": ("ModelConfig", "TextConfig", "VitConfig"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
@@ -30,7 +30,7 @@ _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = [
     "add_model_config", "create_model", "create_model_and_transforms", "encode_image", "encode_text", "get_tokenizer",
     "list_models", "list_pretrained", "load_eval_model", "load_model_info", "load_run", "model_info", "losses", "ModelConfig",
-    "TextConfig", "VitConfig", "__version__",
+    "quantize_export", "serialize", "TextConfig", "VitConfig", "__version__",
 ]
 
 

@@ -31,7 +31,7 @@ from mmfm.data.preprocess import ImageTransform
 
 __all__ = ["add_model_config", "create_model", "create_model_and_transforms", "encode_image", "encode_text",
            "get_tokenizer", "list_models", "list_pretrained", "load_eval_model", "load_model_info", "load_run",
-           "serialize"]
+           "quantize_export", "serialize"]
 
 
 @dataclasses.dataclass(frozen=True)
