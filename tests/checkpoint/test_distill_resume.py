@@ -1,0 +1,43 @@
+"""Resume after SIGKILL with a distillation teacher present: bit-exact, like the plain run.
+
+The teacher is the checkpoint tests' own 40-step reference run (read-only while the student
+trains); the student is `demo.py:tiny` with `loss.distill_weight` on. The teacher is re-loaded by
+every resumed process (it is never in the student's checkpoints), so any drift in its loading or
+placement would show up as a different final state.
+"""
+import re
+import signal
+
+import pytest
+
+from tests.checkpoint.conftest import read_metrics, run_train
+from tests.checkpoint.test_checkpoint_resume import assert_logs_match, assert_same_state
+from tests.subprocess_env import failure_report
+
+pytestmark = pytest.mark.slow  # four training subprocesses
+
+
+def test_sigkill_with_a_teacher_resumes_bit_exactly(reference_run, ckpt_data_dir, tmp_path):
+    distill = ("--config.loss.distill_weight=0.5", f"--config.distill.teacher={reference_run}")
+    ref = str(tmp_path / "reference")
+    p = run_train(ref, ckpt_data_dir, *distill)
+    assert p.returncode == 0, failure_report(p)
+    assert all(r["loss/distill"] > 0 for r in read_metrics(ref))
+    w = str(tmp_path / "killed")
+    resumed = []
+    for kill in (13, 27, None):  # between saves (every 5 steps)
+        p = run_train(w, ckpt_data_dir, *distill,
+                      **({"MMFM_TEST_KILL_AT_STEP": kill} if kill else {}))
+        m = re.search(r"resumed from step (\d+) ", p.stderr)
+        resumed.append(int(m.group(1)) if m else 0)
+        if kill is None:
+            assert p.returncode == 0, failure_report(p)
+        else:
+            assert p.returncode == -signal.SIGKILL, failure_report(p)
+            assert read_metrics(w)[-1]["step"] == kill
+    assert resumed == [0, 10, 25], resumed
+    assert_same_state(ref, w)
+    assert_logs_match(ref, w)
+    got = {r["step"]: r["loss/distill"] for r in read_metrics(w)}
+    want = {r["step"]: r["loss/distill"] for r in read_metrics(ref)}
+    assert got == want
