@@ -135,8 +135,9 @@ def train(config, workdir: str, *, max_steps: Optional[int] = None,
     `make_evaluator(trainer)` is called once and returns an object with `due(step)` and
     `(state, writer, step) -> metrics` (`mmfm.evals.runner.TrainingEvaluator`); None: no evals.
     Every step is checkpointed (when due) before it is evaluated, so a failing eval never loses
-    the training it measured. `resolve_teacher`: see `Trainer`. SIGTERM saves the current step and returns; SIGINT (Ctrl-C) saves it
-    and raises `mmfm.checkpoint.Interrupted` (a KeyboardInterrupt).
+    the training it measured. SIGTERM saves the current step and returns; SIGINT (Ctrl-C) saves it
+    and raises `mmfm.checkpoint.Interrupted` (a KeyboardInterrupt). `resolve_teacher`: loads an
+    export / zoo distillation teacher (see `Trainer`).
     """
     from mmfm import checkpoint
 

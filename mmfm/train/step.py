@@ -73,7 +73,8 @@ def masked_subbatch(x: jax.Array, rows: int) -> jax.Array:
     return x.reshape(rows, b // rows, *x.shape[1:])[:, 0]
 
 
-def teacher_outputs(teacher_params, images_u8: jax.Array, tokens: jax.Array, spec: TeacherSpec) -> dict:
+def teacher_outputs(teacher_params, images_u8: jax.Array, tokens: jax.Array,
+                    spec: TeacherSpec) -> dict:
     """The frozen teacher's {img/emb, txt/emb, scale} of the batch, in inference mode.
 
     The teacher sees the whole images (no patch drop), resized to its own size when it differs

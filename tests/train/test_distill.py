@@ -142,3 +142,29 @@ def test_another_tokenizer_is_refused(tmp_path):
         check_same_tokens(tok_a, tok_b, 16, model)
     with pytest.raises(ValueError, match="text context is 16 tokens"):
         check_same_tokens(tok_a, load_tokenizer(a), 32, model)
+
+
+@pytest.mark.slow  # needs the teacher run
+def test_an_export_of_the_teacher_loads_the_same_teacher(teacher_run, data_dir, tmp_path):
+    """Through the API layer's resolver (what `mmfm train` passes in): same params, same spec."""
+    from mmfm import api, sharding
+    from mmfm.data.tokenizers import load_tokenizer
+    from mmfm.train.teacher import load_teacher
+    from mmfm.zoo.export import export_from_workdir
+
+    out = export_from_workdir(teacher_run, str(tmp_path / "export"))
+    run = checkpoint.load_run(teacher_run)
+    tok = load_tokenizer(run.tokenizer_file, lowercase=run.tokenizer_lowercase)
+    config = _student(data_dir, **{"distill.teacher": out})
+    mesh, rules = sharding.mesh_from_config(config.mesh)
+    kw = dict(tokenizer=tok, mesh=mesh, rules=rules)
+    from_export = load_teacher(config, resolve=api.distill_teacher, **kw)
+    config = _student(data_dir, **{"distill.teacher": teacher_run})
+    from_run = load_teacher(config, **kw)
+    assert from_export.spec.image_size == from_run.spec.image_size == 32
+    np.testing.assert_allclose(from_export.spec.mean, from_run.spec.mean)
+    a, b = jax.tree.leaves(from_export.params), jax.tree.leaves(from_run.params)
+    assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+    with pytest.raises(ValueError, match="distill.teacher='/no/such/export'"):
+        load_teacher(_student(data_dir, **{"distill.teacher": "/no/such/export"}),
+                     resolve=api.distill_teacher, **kw)
