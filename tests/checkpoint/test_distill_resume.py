@@ -42,7 +42,9 @@ def test_sigkill_with_a_teacher_resumes_bit_exactly(ckpt_data_dir, tmp_path):
         else:
             assert p.returncode == -signal.SIGKILL, failure_report(p)
             assert read_metrics(w)[-1]["step"] == kill
-    assert resumed == [0, 10, 25], resumed
+    # Async saves: each run resumes from a save finalised before its predecessor was killed.
+    assert resumed[0] == 0 and 0 < resumed[1] < 13 and resumed[1] <= resumed[2] < 27, resumed
+    assert all(r % 5 == 0 for r in resumed), resumed
     assert_same_state(ref, w)
     assert_logs_match(ref, w)
     got = {r["step"]: r["loss/distill"] for r in read_metrics(w)}
