@@ -10,8 +10,8 @@ The same student from scratch (the baseline of the table in experiments/README.m
       --config.data.dir=data --config.loss.distill_weight=0
 
 The student is the demo's architecture at half the width and image depth (64 wide, 2 image layers,
-1 text layer; `tests/train/test_distill.py` checks the FLOP ratio with mmfm/train/flops.py). It
-trains on the demo's data with its own contrastive loss plus `loss.distill_weight` times the soft
+1 text layer; tests/train/test_distill_trainer.py checks the FLOP ratio with mmfm/train/flops.py).
+It trains on the demo's data with its own contrastive loss plus `loss.distill_weight` times the soft
 cross-entropy between its in-batch image<->text similarity distributions and those of the frozen
 teacher (`distill.teacher`, here the demo run; each model with its own temperature). The teacher
 is read once, placed on the mesh, and never updated or checkpointed. MAE and MLM are off: they

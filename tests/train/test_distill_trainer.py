@@ -1,5 +1,5 @@
 """Distillation in the Trainer: a tiny demo run as the frozen teacher of the distill_demo student,
-on the 8 virtual CPU devices (tests/conftest.py). The loss itself: tests/losses/test_distill.py;
+on the 8 virtual CPU devices (tests/conftest.py). The loss itself: tests/losses/test_distill_loss.py;
 resume after SIGKILL with a teacher: tests/checkpoint/test_distill_resume.py."""
 import json
 import os
