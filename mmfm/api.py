@@ -207,6 +207,15 @@ def create_model_and_transforms(name: str, pretrained: Optional[str] = None, **k
     return model, params, ImageTransform(info.preprocess, train=True), ImageTransform(info.preprocess)
 
 
+def distill_teacher(name: str, pretrained: Optional[str], mesh, rules):
+    """(model, params on `mesh`, Preprocess, tokenizer) of an export or zoo model: a frozen
+    distillation teacher for `mmfm train` (`config.distill`, see mmfm/train/teacher.py)."""
+    model, params, info = _create(name, pretrained, mesh=mesh, overrides=None, sha256=None,
+                                  cache_dir=None, offline=None, seed=0, rules=rules)
+    tokenizer = make_tokenizer(info.tokenizer, info.base_dir, info.tokenizer_error)
+    return model, params, info.preprocess, tokenizer
+
+
 def load_run(path: str, **kwargs):
     """A training run's config, metadata and params, read-only (`mmfm.checkpoint.load_run`)."""
     from mmfm import checkpoint

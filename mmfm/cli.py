@@ -209,6 +209,12 @@ def _exit_now(message: str, code: int) -> None:
     os._exit(code)
 
 
+def _distill_teacher(*args):
+    """An export / zoo distillation teacher, read by the API layer (imported only when used)."""
+    from mmfm.api import distill_teacher
+    return distill_teacher(*args)
+
+
 def train_main(argv=None) -> None:
     """Train a model from a config file, or resume the run in --workdir."""
     from absl import flags
@@ -236,7 +242,8 @@ def train_main(argv=None) -> None:
         from mmfm.train.save_failure import DISK_ERRORS
         try:
             with exit_on_peer_failure():
-                train_and_evaluate(flags_.config, flags_.workdir, max_steps=flags_.max_steps)
+                train_and_evaluate(flags_.config, flags_.workdir, max_steps=flags_.max_steps,
+                                   resolve_teacher=_distill_teacher)
         except CheckpointSaveError as e:
             _exit_now(str(e), e.exit_code)
         except Interrupted as e:  # Ctrl-C: saved and stopped; scripts see 130, not success

@@ -31,7 +31,12 @@ def base_config() -> ml_collections.ConfigDict:
                    dtype="float32", param_dtype="float32", scan=False, remat="none")
     c.loss = dict(contrastive="clip", contrastive_weight=1.0, mae_weight=0.0, mlm_weight=0.0,
                   patch_drop=0.0, mae_ratio=0.75, mlm_ratio=0.15, norm_pix=True, chunked=False,
-                  masked_batch_frac=1.0, classify_weight=0.0, label_smoothing=0.0)
+                  masked_batch_frac=1.0, classify_weight=0.0, label_smoothing=0.0,
+                  distill_weight=0.0)
+    # The frozen teacher of `loss.distill_weight` (mmfm/train/teacher.py): a training run, an
+    # export dir, or a zoo architecture with its `pretrained` tag; "init": a random
+    # `init_model` (a config.model-like dict; empty: the student's own), for smoke tests.
+    c.distill = dict(teacher="", pretrained="", init_model={})
     c.optim = dict(name="adamw", lr=1e-3, warmup_steps=100, end_lr_frac=0.0, b1=0.9, b2=0.98,
                    eps=1e-6, weight_decay=0.1, grad_clip=1.0, freeze=())
     c.mesh = dict(shape=(-1, 1, 1),

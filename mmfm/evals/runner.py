@@ -167,6 +167,9 @@ class TrainingEvaluator:
         return results
 
 
-def train_and_evaluate(config, workdir: str, *, max_steps: Optional[int] = None) -> dict:
-    """Trains (or resumes) in `workdir` with this run's evaluations; returns the last eval's metrics."""
-    return train(config, workdir, max_steps=max_steps, make_evaluator=TrainingEvaluator)
+def train_and_evaluate(config, workdir: str, *, max_steps: Optional[int] = None,
+                       resolve_teacher=None) -> dict:
+    """Trains (or resumes) in `workdir` with this run's evaluations; returns the last eval's metrics.
+    `resolve_teacher`: loads an export / zoo distillation teacher (`mmfm.train.loop.Trainer`)."""
+    return train(config, workdir, max_steps=max_steps, make_evaluator=TrainingEvaluator,
+                 resolve_teacher=resolve_teacher)

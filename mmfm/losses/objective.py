@@ -1,8 +1,9 @@
-"""The shared objective: config-weighted contrastive + MAE + MLM + classification, every term a metric.
+"""The shared objective: config-weighted contrastive + MAE + MLM + classification + distillation.
 
 CLIP, SigLIP, FLIP, MAE-only, M3AE-like, the combined mmfm objective and supervised fine-tuning
-(a classification head, `classify_weight`) are this one function with different weights; a weight
-of 0 skips that branch of the forward pass entirely.
+(a classification head, `classify_weight`) and distillation from a frozen teacher
+(`distill_weight`) are this one function with different weights; a weight of 0 skips that branch
+of the forward pass entirely. Every term is a metric.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from mmfm.losses.contrastive import contrastive_loss
+from mmfm.losses.distill import distill_clip_loss
 from mmfm.losses.masked import mae_loss, mlm_accuracy, mlm_loss
 
 Array = jax.Array
@@ -40,12 +42,16 @@ class ObjectiveConfig:
     # `label`s; label_smoothing spreads that much target mass uniformly over the classes.
     classify_weight: float = 0.0
     label_smoothing: float = 0.0
+    # Soft in-batch similarity matching against a frozen teacher (`config.distill`): open_clip's
+    # DistillClipLoss. The student's contrastive term stays at contrastive_weight next to it.
+    distill_weight: float = 0.0
 
     def validate(self, prefix: str = "loss") -> "ObjectiveConfig":
         if self.contrastive not in CONTRASTIVE_KINDS:
             raise ValueError(f"{prefix}.contrastive: unknown kind {self.contrastive!r}; "
                              f"valid: {', '.join(CONTRASTIVE_KINDS)}")
-        weights = ("contrastive_weight", "mae_weight", "mlm_weight", "classify_weight")
+        weights = ("contrastive_weight", "mae_weight", "mlm_weight", "classify_weight",
+                   "distill_weight")
         for name in weights:
             if getattr(self, name) < 0:
                 raise ValueError(f"{prefix}.{name}: must be >= 0, got {getattr(self, name)}")
@@ -80,6 +86,15 @@ class ObjectiveConfig:
         return self.classify_weight > 0
 
     @property
+    def use_distill(self) -> bool:
+        return self.distill_weight > 0
+
+    @property
+    def use_embeddings(self) -> bool:
+        """Whether the step needs the contrastive pass (embeddings + scale): contrastive or distill."""
+        return self.use_contrastive or self.use_distill
+
+    @property
     def shared_image_view(self) -> bool:
         """Equal ratios: one image-encoder pass serves both the contrastive and MAE losses."""
         return (self.use_contrastive and self.use_mae and self.patch_drop == self.mae_ratio
@@ -101,13 +116,16 @@ def classification_loss(logits: Array, labels: Array, smoothing: float = 0.0) ->
 
 def objective(out: dict, *, images: Array, tokens: Array, mae_mask: Optional[Array],
               mlm_mask: Optional[Array], patch_size: int, cfg: ObjectiveConfig,
-              mesh=None, labels: Optional[Array] = None) -> tuple[Array, dict]:
+              mesh=None, labels: Optional[Array] = None,
+              teacher: Optional[dict] = None) -> tuple[Array, dict]:
     """Weighted total loss and metrics from the model's output dict.
 
     images: [rows, H, W, C] normalised floats (the MAE targets); tokens: [rows, seq] original
     tokens (the MLM targets); mae_mask / mlm_mask: 1 where removed / masked. `rows` is
     `cfg.masked_rows(batch)`: the rows the masked views were computed on. labels: int [batch],
-    the classification targets (with `classify_weight`).
+    the classification targets (with `classify_weight`). teacher: the frozen teacher's
+    {`img/emb` [batch, d_t], `txt/emb` [batch, d_t], `scale`} on the same batch (with
+    `distill_weight`).
     """
     total = jnp.zeros((), jnp.float32)
     metrics = {}
@@ -136,6 +154,15 @@ def objective(out: dict, *, images: Array, tokens: Array, mae_mask: Optional[Arr
         total += cfg.classify_weight * cls
         metrics["loss/classify"] = cls
         metrics["classify/accuracy"] = jnp.mean(jnp.argmax(logits, -1) == labels)
+    if cfg.use_distill:
+        if teacher is None:
+            raise ValueError("loss.distill_weight > 0 needs the teacher's outputs (config.distill)")
+        dist = distill_clip_loss(out["img/emb"], out["txt/emb"], out["scale"],
+                                 teacher["img/emb"], teacher["txt/emb"], teacher["scale"])
+        total += cfg.distill_weight * dist
+        metrics["loss/distill"] = dist
+        metrics.setdefault("scale", out["scale"])
+        metrics["teacher/scale"] = teacher["scale"]
     metrics["loss"] = total
     return total, metrics
 

@@ -55,7 +55,7 @@ def train_flops_per_example(cfg: ModelConfig, obj: ObjectiveConfig) -> int:
     """
     n = cfg.image.num_patches
     fwd = masked = 0
-    if obj.use_contrastive:
+    if obj.use_embeddings:  # the contrastive pass (also what distillation reads)
         kept = num_kept(n, obj.patch_drop) if obj.patch_drop > 0 else n
         fwd += image_forward_flops(cfg, kept) + text_forward_flops(cfg)
     if obj.use_mae:

@@ -23,6 +23,7 @@ from mmfm.train import optim
 from mmfm.train.metrics import MetricsWriter, StepClock
 from mmfm.train.state import TrainState, create_state, state_shardings
 from mmfm.train.step import StepConfig, train_step
+from mmfm.train.teacher import load_teacher
 
 log = logging.getLogger("mmfm")
 
@@ -30,8 +31,11 @@ log = logging.getLogger("mmfm")
 class Trainer:
     """Holds what a run builds once: data, model, mesh, shardings and the jitted step."""
 
-    def __init__(self, config, workdir: str, *, mesh: Optional[jax.sharding.Mesh] = None):
-        """`mesh` overrides `config.mesh.shape` (e.g. a one-device reference run in tests)."""
+    def __init__(self, config, workdir: str, *, mesh: Optional[jax.sharding.Mesh] = None,
+                 resolve_teacher=None):
+        """`mesh` overrides `config.mesh.shape` (e.g. a one-device reference run in tests).
+        `resolve_teacher`: loads a distillation teacher that is an export or a zoo model
+        (`mmfm.train.teacher`; training runs and "init" load without it)."""
         from mmfm.data.build import build_data  # data deps load only when training
 
         self.config, self.workdir = config, workdir
@@ -50,6 +54,11 @@ class Trainer:
         with self.mesh_context():
             abstract = jax.eval_shape(lambda r: nn.meta.unbox(init_params(self.model, r)),
                                       jax.random.PRNGKey(0))
+        # The frozen distillation teacher (None without loss.distill_weight): on the mesh with
+        # its own shardings, outside the train state (no gradient, no update, no checkpoint).
+        self.teacher = load_teacher(config, tokenizer=self.tokenizer, mesh=self.mesh,
+                                    rules=self.rules, zeroshot=self.data_info.zeroshot,
+                                    resolve=resolve_teacher)
         self.tx, self.lr_fn = optim.make_optimizer(config.optim, config.total_steps, abstract)
         self.state_sharding = state_shardings(self.model, self.tx, self.mesh, self.rules)
         self.batch_sharding = sh.batch_sharding(self.mesh)
@@ -57,12 +66,16 @@ class Trainer:
         self.step_cfg = StepConfig(
             model=self.model, tx=self.tx, lr_fn=self.lr_fn, objective=self.obj,
             mean=tuple(config.preprocess.mean), std=tuple(config.preprocess.std), mask_id=tok.mask_id,
-            special_ids=tuple(tok.special_ids), mesh=self.mesh)
+            special_ids=tuple(tok.special_ids), mesh=self.mesh,
+            teacher=self.teacher.spec if self.teacher is not None else None)
         # The batch field holding the classification targets (fed to the step as `label`).
         self.label_key = (str(config.data.get("label") or "label")
                           if self.obj.use_classify else None)
+        # The teacher's params are a third, non-donated argument: read every step, never written.
+        in_shardings = (self.state_sharding, self.batch_sharding) + (
+            () if self.teacher is None else (self.teacher.shardings,))
         self.jit_step = jax.jit(functools.partial(train_step, sc=self.step_cfg),
-                                in_shardings=(self.state_sharding, self.batch_sharding),
+                                in_shardings=in_shardings,
                                 out_shardings=(self.state_sharding, None), donate_argnums=(0,))
 
     def mesh_context(self):
@@ -95,8 +108,9 @@ class Trainer:
                 for k, src in fields.items()}
 
     def step(self, state: TrainState, local_batch: dict):
+        teacher = () if self.teacher is None else (self.teacher.params,)
         with self.mesh_context():
-            return self.jit_step(state, self.global_batch(local_batch))
+            return self.jit_step(state, self.global_batch(local_batch), *teacher)
 
 
 _PATH_KEYS = (("data", "dir"), ("data", "tokenizer"), (None, "resume_from"))
@@ -108,24 +122,29 @@ def absolute_paths(config) -> None:
         node = config if section is None else config.get(section)
         if node is not None and node.get(key):
             node[key] = fileio.absolute(str(node[key]))  # URLs stay URLs
+    dist = config.get("distill")
+    if dist is not None and dist.get("teacher") and fileio.exists(str(dist.teacher)):
+        dist.teacher = fileio.absolute(str(dist.teacher))  # a path (a zoo name stays a name)
 
 
 def train(config, workdir: str, *, max_steps: Optional[int] = None,
-          make_evaluator: Optional[Callable[[Trainer], Any]] = None) -> dict:
+          make_evaluator: Optional[Callable[[Trainer], Any]] = None,
+          resolve_teacher: Optional[Callable] = None) -> dict:
     """Runs (or resumes) training in `workdir`; returns the last evaluation's results.
 
     `make_evaluator(trainer)` is called once and returns an object with `due(step)` and
     `(state, writer, step) -> metrics` (`mmfm.evals.runner.TrainingEvaluator`); None: no evals.
     Every step is checkpointed (when due) before it is evaluated, so a failing eval never loses
     the training it measured. SIGTERM saves the current step and returns; SIGINT (Ctrl-C) saves it
-    and raises `mmfm.checkpoint.Interrupted` (a KeyboardInterrupt).
+    and raises `mmfm.checkpoint.Interrupted` (a KeyboardInterrupt). `resolve_teacher`: loads an
+    export / zoo distillation teacher (see `Trainer`).
     """
     from mmfm import checkpoint
 
     absolute_paths(config)
     workdir = fileio.absolute(workdir)
     fileio.makedirs(workdir)
-    tr = Trainer(config, workdir)
+    tr = Trainer(config, workdir, resolve_teacher=resolve_teacher)
     evaluator = make_evaluator(tr) if make_evaluator is not None else None
     is_main = jax.process_index() == 0
     ckpt = checkpoint.Checkpointer(workdir, config, tr)

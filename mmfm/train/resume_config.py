@@ -61,6 +61,12 @@ def is_refused(key: str) -> bool:
     return any(key == p or key.startswith(p + ".") for p in REFUSED)
 
 
+def _added_off(old: Any, new: Any) -> bool:
+    """A key this mmfm added after the checkpoint was saved, at its off value (a new loss term's
+    weight 0.0): the saved run trained exactly that objective, so resuming it is safe."""
+    return old is ABSENT and new in (0, 0.0, False, "", None)
+
+
 def _show(value: Any) -> str:
     return value if value is ABSENT else json.dumps(value)
 
@@ -69,7 +75,7 @@ def check_resume(saved: Mapping[str, Any], current: Mapping[str, Any], *, step: 
                  workdir: str) -> dict[str, tuple]:
     """Logs every changed key; raises ResumeConfigError naming the model/objective ones."""
     changes = config_changes(saved, current)
-    refused = {k: v for k, v in changes.items() if is_refused(k)}
+    refused = {k: v for k, v in changes.items() if is_refused(k) and not _added_off(*v)}
     if refused:
         listed = ", ".join(f"{k}: {_show(o)} -> {_show(n)}" for k, (o, n) in refused.items())
         raise ResumeConfigError(

@@ -12,6 +12,7 @@ from mmfm import masking
 from mmfm.losses.objective import ObjectiveConfig, objective
 from mmfm.models.multimodal import TwoTower
 from mmfm.train.state import TrainState
+from mmfm.train.teacher import TeacherSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +27,7 @@ class StepConfig:
     mask_id: int = 3
     special_ids: tuple[int, ...] = (0, 1, 2, 3)
     mesh: Any = None  # for the chunked contrastive loss
+    teacher: Optional[TeacherSpec] = None  # distillation (`loss.distill_weight`)
 
 
 def normalize_images(images_u8: jax.Array, mean, std) -> jax.Array:
@@ -44,7 +46,7 @@ def make_views(rng, batch: int, masked_tokens, sc: StepConfig):
     rows, n = masked_tokens.shape[0], cfg.image.num_patches
     views: dict[str, Optional[jax.Array]] = dict(con_keep=None, mae_keep=None, mae_mask=None,
                                                  mlm_tokens=None, mlm_mask=None)
-    if obj.use_contrastive and obj.patch_drop > 0:
+    if obj.use_embeddings and obj.patch_drop > 0:
         views["con_keep"], con_mask = masking.patch_mask(r_con, batch, n, obj.patch_drop)
     if obj.use_mae:
         if obj.shared_image_view:
@@ -71,7 +73,24 @@ def masked_subbatch(x: jax.Array, rows: int) -> jax.Array:
     return x.reshape(rows, b // rows, *x.shape[1:])[:, 0]
 
 
-def loss_and_metrics(params, batch, rng, sc: StepConfig):
+def teacher_outputs(teacher_params, images_u8: jax.Array, tokens: jax.Array,
+                    spec: TeacherSpec) -> dict:
+    """The frozen teacher's {img/emb, txt/emb, scale} of the batch, in inference mode.
+
+    The teacher sees the whole images (no patch drop), resized to its own size when it differs
+    from the data's and normalised with its own mean/std. stop_gradient: never a gradient into it.
+    """
+    x = images_u8.astype(jnp.float32) / 255.0
+    size = spec.image_size
+    if x.shape[1:3] != (size, size):
+        x = jax.image.resize(x, (x.shape[0], size, size, x.shape[3]), "bilinear")
+    x = (x - jnp.asarray(spec.mean, jnp.float32)) / jnp.asarray(spec.std, jnp.float32)
+    out = spec.model.apply({"params": jax.lax.stop_gradient(teacher_params)}, x, tokens,
+                           contrastive=True, train=False)
+    return jax.lax.stop_gradient({k: out[k] for k in ("img/emb", "txt/emb", "scale")})
+
+
+def loss_and_metrics(params, batch, rng, sc: StepConfig, teacher_params=None):
     r_views, r_drop = jax.random.split(rng)
     images = normalize_images(batch["image"], sc.mean, sc.std)
     tokens = batch["tokens"]
@@ -82,19 +101,24 @@ def loss_and_metrics(params, batch, rng, sc: StepConfig):
     out = sc.model.apply(
         {"params": params}, images, tokens, con_keep=v["con_keep"], mae_keep=v["mae_keep"],
         mlm_tokens=v["mlm_tokens"], mae_images=m_images if rows < b else None,
-        contrastive=sc.objective.use_contrastive, mae_shares_view=sc.objective.shared_image_view,
+        contrastive=sc.objective.use_embeddings, mae_shares_view=sc.objective.shared_image_view,
         classify=sc.objective.use_classify, train=True, rngs={"dropout": r_drop})
+    teacher = None
+    if sc.objective.use_distill:
+        teacher = teacher_outputs(teacher_params, batch["image"], tokens, sc.teacher)
     return objective(out, images=m_images, tokens=m_tokens, mae_mask=v["mae_mask"],
                      mlm_mask=v["mlm_mask"], patch_size=sc.model.cfg.image.patch_size,
-                     cfg=sc.objective, mesh=sc.mesh, labels=batch.get("label"))
+                     cfg=sc.objective, mesh=sc.mesh, labels=batch.get("label"), teacher=teacher)
 
 
-def train_step(state: TrainState, batch: dict, *, sc: StepConfig) -> tuple[TrainState, dict]:
+def train_step(state: TrainState, batch: dict, teacher_params=None, *,
+               sc: StepConfig) -> tuple[TrainState, dict]:
     """One optimizer step. batch: {image uint8 [B,H,W,3], tokens int32 [B,L], label int32 [B]
-    (with a classification term)} (global arrays)."""
+    (with a classification term)} (global arrays). teacher_params: the frozen distillation
+    teacher's params (with `loss.distill_weight`); read only, never differentiated."""
     rng = jax.random.fold_in(state.rng, state.step)
     grad_fn = jax.value_and_grad(loss_and_metrics, has_aux=True)
-    (_, metrics), grads = grad_fn(state.params, batch, rng, sc)
+    (_, metrics), grads = grad_fn(state.params, batch, rng, sc, teacher_params)
     updates, opt_state = sc.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics, lr=sc.lr_fn(state.step), grad_norm=optax.global_norm(grads),

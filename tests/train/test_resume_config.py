@@ -96,3 +96,19 @@ def test_allowed_changes_are_logged_and_recorded(run, caplog):
     assert info["resumes"] == [{"step": 2, "changes": {"optim.lr": [0.002, 0.005],
                                                        "total_steps": [2, 4]}}]
     assert {"2", "4"} <= set(os.listdir(os.path.join(workdir, "checkpoints")))
+
+
+def test_a_newer_loss_key_at_its_off_value_resumes():
+    """A run saved before `loss.distill_weight` existed resumes with it at 0 (logged, not
+    refused); at any other value, or an existing weight changed, it is refused."""
+    from mmfm.train.resume_config import check_resume
+
+    saved = {"loss": {"contrastive_weight": 1.0}}
+    changes = check_resume(saved, {"loss": {"contrastive_weight": 1.0, "distill_weight": 0.0}},
+                           step=4, workdir="w")
+    assert list(changes) == ["loss.distill_weight"]
+    with pytest.raises(ResumeConfigError, match="loss.distill_weight"):
+        check_resume(saved, {"loss": {"contrastive_weight": 1.0, "distill_weight": 1.0}},
+                     step=4, workdir="w")
+    with pytest.raises(ResumeConfigError, match="loss.contrastive_weight"):
+        check_resume(saved, {"loss": {"contrastive_weight": 0.0}}, step=4, workdir="w")

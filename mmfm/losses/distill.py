@@ -1,0 +1,52 @@
+"""Distillation from a frozen teacher: match its in-batch image-text similarity distributions.
+
+`distill_clip_loss` is open_clip's `DistillClipLoss.dist_loss` (TinyCLIP's affinity mimicking):
+for each model, logits = scale * img @ txt.T over the batch; the student's row-wise softmax is
+trained towards the teacher's, image->text (rows) and text->image (columns) averaged:
+
+    CE(P, Q) = -mean_i sum_j P_ij log Q_ij,   P = softmax(teacher logits), Q = softmax(student)
+    loss = (CE(P_i2t, Q_i2t) + CE(P_t2i, Q_t2i)) / 2
+
+It is the cross-entropy, not the KL divergence: the two differ by the teacher's entropy, a
+constant for the student (same gradients), which open_clip leaves in the logged value. Each
+model uses its own learned scale. The teacher side is wrapped in `stop_gradient` here too, so the
+loss can never send a gradient into the teacher whatever the caller does.
+
+All functions are pure, take `[batch, dim]` embeddings and return a float32 scalar.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["distill_clip_loss"]
+
+
+def _logits(img_bd, txt_bd, scale) -> jax.Array:
+    """`scale * img @ txt.T` in float32: `[batch, dim] x [batch, dim] -> [batch, batch]`."""
+    img, txt = jnp.asarray(img_bd, jnp.float32), jnp.asarray(txt_bd, jnp.float32)
+    return jnp.asarray(scale, jnp.float32) * jnp.einsum("id,jd->ij", img, txt)
+
+
+def _soft_ce(teacher_logits, student_logits) -> jax.Array:
+    """Row-wise cross-entropy of the student's softmax under the teacher's, mean over rows."""
+    p = jax.nn.softmax(teacher_logits, axis=1)
+    return -jnp.mean(jnp.sum(p * jax.nn.log_softmax(student_logits, axis=1), axis=1))
+
+
+def distill_clip_loss(student_img, student_txt, student_scale, teacher_img, teacher_txt,
+                      teacher_scale) -> jax.Array:
+    """Soft in-batch cross-entropy of the student's similarities under the teacher's.
+
+    Args:
+      student_img, student_txt: `[batch, d_s]` L2-normalised student embeddings (row i: pair i).
+      student_scale: the student's logit scale (scalar).
+      teacher_img, teacher_txt: `[batch, d_t]` L2-normalised teacher embeddings (d_t may differ).
+      teacher_scale: the teacher's own logit scale (scalar).
+    Returns: float32 scalar, the mean of the image->text and text->image terms.
+    """
+    t_img, t_txt, t_scale = jax.lax.stop_gradient((teacher_img, teacher_txt, teacher_scale))
+    s = _logits(student_img, student_txt, student_scale)
+    t = _logits(t_img, t_txt, t_scale)
+    return 0.5 * (_soft_ce(t, s) + _soft_ce(t.T, s.T))
+
