@@ -47,7 +47,7 @@ HELP = {
                  "--help --config"],
     ("eval",): ["--checkpoint", "--model", "--pretrained", "--out", "--data_dir",
                 "--config.KEY=VALUE", "(default: <workdir>/eval)", "eval_results.json"],
-    ("export",): ["--workdir", "--out"],
+    ("export",): ["--workdir", "--out", "--format", "stablehlo", "--suite_results"],
     ("convert",): ["--from", "--arch", "--tokenizer"],
     ("data",): ["prepare"],
     ("data", "prepare"): ["--format", "--src", "--name", "--data_dir", "--image_root",
@@ -59,6 +59,7 @@ HELP = {
     ("recipes", "copy"): ["name", "dest", "--force"],
     ("embed",): ["--model", "--images", "--texts", "--out", "--save_every", "(default: 64)"],
     ("search",): ["--index", "--text", "--image", "--grid", "(default: 5)"],
+    ("quantize",): ["--out", "--pretrained", "int8"],
 }
 
 

@@ -183,7 +183,7 @@ def suite_ran(out: str, suite: str) -> Callable[[Ctx], None]:
 def exported(out: str) -> Callable[[Ctx], None]:
     def check(ctx):
         files = os.listdir(ctx.path(out))
-        assert {"config.json", "params.safetensors"} <= set(files), files
+        assert {"config.json", "params.safetensors", "MODEL_CARD.md"} <= set(files), files
         assert any(f.endswith(".model") for f in files), f"no tokenizer in {files}"
         with open(os.path.join(ctx.path(out), "config.json")) as f:
             assert json.load(f)["model"]["embed_dim"] > 0

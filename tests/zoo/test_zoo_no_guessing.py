@@ -86,7 +86,8 @@ def test_hub_layout_converts_through_the_cli_with_its_tokenizer(tmp_path):
     out = tmp_path / "export"
     p = cli("convert", "--from", "openclip", OC_DIR, "--out", str(out), cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
-    assert sorted(os.listdir(out)) == ["config.json", "merges.txt", "params.safetensors", "vocab.json"]
+    assert sorted(os.listdir(out)) == ["MODEL_CARD.md", "config.json", "merges.txt",
+                                       "params.safetensors", "vocab.json"]
     model, params = mmfm.create_model(str(out))
     assert_parity(model, params, "openclip_tiny")
     strings = json.load(open(os.path.join(F, "tokenizer_strings.json"), encoding="utf-8"))
