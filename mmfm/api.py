@@ -295,7 +295,9 @@ def _quantized_card(src: str, cfg: ModelConfig, flat: dict, tensors: dict, entry
     return "\n".join([card.rstrip("\n"), "", "## Quantization", "",
                       f"- {entry['weight_dtype']} weights ({entry['method']}; {entry['library']} "
                       f"{entry['library_version']}), {entry['scale_dtype']} scales, "
-                      f"{entry['activations']} activations; {len(entry['layers'])} layers quantized.",
+                      f"{entry['activations']} activations"
+                      + (f" ({entry['activation_method']})" if "activation_method" in entry else "")
+                      + f"; {len(entry['layers'])} layers quantized.",
                       f"- Kept in float32: {entry['float_params']}.",
                       f"- Weights: {int8 / 1e6:.2f} MB vs {f32 / 1e6:.2f} MB in float32 "
                       f"({int8 / f32:.2f}x). Check the evals of this export against the float "

@@ -485,12 +485,15 @@ def quantize_main(argv=None) -> None:
                 "mmfm.create_model_and_transforms, mmfm.load_eval_model and `mmfm eval --model` "
                 "load like any other. Weights of every matmul are int8 with one scale per output "
                 "channel, the token embedding int8 per row; LayerNorms, biases and position tables "
-                "stay float32.")
+                "stay float32. --activations int8 also quantizes every matmul's input per token "
+                "at run time (int8 x int8 -> int32 dots).")
     p.add_argument("src", help="training workdir (or checkpoints/ or a step dir), export "
                                "directory, weights path, or zoo architecture name")
     p.add_argument("--out", required=True, help="export directory to write (replaced if it exists)")
     p.add_argument("--pretrained", default=None, help="pretrained tag for an architecture name "
                                                       "(default: its random init)")
+    p.add_argument("--activations", default="float", choices=("float", "int8"),
+                   help="float: weight-only int8 (default); int8: weights and activations")
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
     _setup_logging()
 
@@ -498,7 +501,7 @@ def quantize_main(argv=None) -> None:
         from mmfm.api import quantize_export
         from mmfm.zoo.quantize import file_bytes
 
-        out = quantize_export(a.src, a.out, pretrained=a.pretrained)
+        out = quantize_export(a.src, a.out, pretrained=a.pretrained, activations=a.activations)
         print(f"{out} ({file_bytes(out) / 1e6:.2f} MB)")
     _guard(p.prog, run)
 

@@ -63,6 +63,13 @@ def sincos_2d(grid: int, width: int, temperature: float = 10_000.0) -> np.ndarra
     return np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1).astype(np.float32)
 
 
+def cast(a, dtype):
+    """`a` in `dtype`, and `a` itself when it already is: a quantized kernel (a qwix `WithAux`,
+    float dtype, no working `astype`) must reach its einsum as it is, or qwix takes it for an
+    activation."""
+    return a if a.dtype == dtype else a.astype(dtype)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention (or cross-attention when `kv` is given).
 
@@ -80,7 +87,7 @@ class Attention(nn.Module):
                             dtype_of(cfg.param_dtype))
         bias = self.param(f"{name}_bias", bias_init(bias_names), bias_shape, dtype_of(cfg.param_dtype))
         dt = dtype_of(cfg.dtype)
-        return jnp.einsum(eq, x.astype(dt), kernel.astype(dt)) + bias.astype(dt)
+        return jnp.einsum(eq, cast(x, dt), cast(kernel, dt)) + cast(bias, dt)
 
     @nn.compact
     def __call__(self, x: Array, kv: Optional[Array] = None, *, mask: Optional[Array] = None,

@@ -53,7 +53,7 @@ class CellLinear(nn.Module):
         (kh, kw), (*lead, h, w, c) = self.kernel_size, x.shape
         kernel = self.param("kernel", self.kernel_init, (kh, kw, c, self.features), self.param_dtype)
         cells = x.reshape(*lead, h // kh, kh, w // kw, kw, c)
-        y = jnp.einsum("...hiwjc,ijcd->...hwd", cells, kernel.astype(self.dtype or x.dtype))
+        y = jnp.einsum("...hiwjc,ijcd->...hwd", cells, layers.cast(kernel, self.dtype or x.dtype))
         if self.use_bias:
             bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
             y = y + bias.astype(y.dtype)

@@ -10,9 +10,15 @@ with one scale per row. LayerNorms, biases, position tables, the temperature and
 The model is the same `TwoTower` with its methods wrapped by `qwix.quantize_model`: qwix
 intercepts `dot_general` / `einsum` inside `model.apply` and runs them on the int8 `QArray`s
 (dequantised in the matmul on CPU), so `model.apply({"params": p}, x, method=model.encode_image)`
-works unchanged on the quantized params. Activations stay float: qwix's int8-activation path
-treats the bare `QArray` weights `Int8Provider` hands out (see there) as activations and fails, so
-`activations="int8"` is refused until mmfm's attention stops casting its kernels.
+works unchanged on the quantized params. Activations stay float by default.
+
+`activations="int8"` (W8A8) also quantizes, at run time, the other operand of every
+`dot_general` / `einsum` to int8: symmetric absmax with one scale per token (per row of every
+non-contracted axis, qwix's dynamic range), including the two attention products (q.k and p.v,
+both operands activations). XLA:CPU then runs real s8 x s8 -> s32 dots and rescales the int32
+result in float. It needs the weights to reach qwix as its `WithAux` (a bare `QArray` would be
+taken for an activation and re-quantized, which fails), which is why mmfm's layers cast a kernel
+only when its dtype differs (`mmfm.models.layers.cast`): the compute dtype must be float32.
 
 On disk (an export directory, `mmfm.zoo.export` layout) each quantized parameter keeps its name and
 shape with int8 values, and `<name>.scale` holds its scales (broadcastable to the weight);
@@ -35,24 +41,33 @@ from mmfm.zoo.pretrained import SCALE_SUFFIX
 
 EMBEDDING = "txt/embedding/embedding"
 METHODS = ("__call__", "encode_image", "encode_text", "classify")
-ACTIVATIONS = ("float",)
+ACTIVATIONS = ("float", "int8")
+ACTIVATION_METHOD = ("dynamic symmetric absmax, one scale per token, computed at run time; every "
+                     "dot_general / einsum (attention q.k and p.v too) runs int8 x int8 -> int32")
 
 
 class Int8Provider(qwix.PtqProvider):
     """qwix's PTQ provider, extended for two things mmfm's modules do that it does not cover.
 
-    1. mmfm's attention casts its kernels (`kernel.astype(dtype)`) before the einsum; qwix's
-       `WithAux` wrapper cannot be cast in qwix 0.1.8, its `QArray` can: params come back as the
-       bare `QArray` (qwix's einsum / dot_general take those directly).
+    1. mmfm's layers cast their kernels to the compute dtype before the einsum; qwix's `WithAux`
+       wrapper cannot be cast in qwix 0.1.8, its `QArray` can: for weight-only models
+       (`bare_weights`) params come back as the bare `QArray` (qwix's einsum / dot_general take
+       those directly). int8 activations need the `WithAux` (see the module docstring).
     2. Token embeddings are a gather, not a matmul, so qwix leaves them alone: an int8 `QArray`
        table is gathered row by row (`jnp.take`) and dequantised with each row's scale.
     """
+
+    def __init__(self, rules, *, bare_weights: bool = True):
+        super().__init__(rules)
+        self.bare_weights = bare_weights
 
     def nn_param(self, module: nn.Module, name: str, *args, **kwargs):
         existing = module.get_variable("params", name)
         if isinstance(existing, qwix.QArray):
             return existing
         value = super().nn_param(module, name, *args, **kwargs)
+        if not self.bare_weights:
+            return value
         array = getattr(value, "array", None)  # a qwix WithAux holding the quantized weight
         return array if isinstance(array, qwix.QArray) else value
 
@@ -79,12 +94,19 @@ def inference_config(cfg: ModelConfig) -> ModelConfig:
 def quantize_model(model: TwoTower, activations: str = "float") -> TwoTower:
     """`model` with its methods running int8 weights (and int8 activations if asked)."""
     if activations not in ACTIVATIONS:
-        raise ValueError(f"activations={activations!r} is not supported (weight-only int8: "
-                         f"{ACTIVATIONS}); see mmfm.zoo.quantize")
+        raise ValueError(f"activations={activations!r} is not supported (one of {ACTIVATIONS}); "
+                         f"see mmfm.zoo.quantize")
+    cfg = model.cfg
+    dtypes = {t.dtype for t in (cfg.image, cfg.text, cfg.mae_decoder) if t is not None}
+    if activations == "int8" and dtypes != {"float32"}:
+        raise ValueError(f"int8 activations need float32 compute (qwix 0.1.8 cannot cast a "
+                         f"quantized kernel), the model computes in {sorted(dtypes)}")
+    act = jnp.int8 if activations == "int8" else None
     rule = qwix.QuantizationRule(module_path=".*", op_names=("dot_general", "einsum"),
-                                 weight_qtype=jnp.int8)
+                                 weight_qtype=jnp.int8, act_qtype=act)
     # op_names: qwix's conv path needs int8 activations; the (small) patch conv stays float.
-    return qwix.quantize_model(model, Int8Provider([rule]), methods=METHODS)
+    return qwix.quantize_model(model, Int8Provider([rule], bare_weights=act is None),
+                               methods=METHODS)
 
 
 def _abstract_quantized(qmodel: TwoTower):
@@ -199,6 +221,7 @@ def describe(layers: dict, activations: str) -> dict:
                       "per row)",
             "library": "qwix", "library_version": qwix.__version__, "weight_dtype": "int8",
             "scale_dtype": "float32", "activations": activations,
+            **({"activation_method": ACTIVATION_METHOD} if activations == "int8" else {}),
             "float_params": "LayerNorm scales/biases, biases, position tables, temperature, "
                             "convolutional patch embedding",
             "layers": layers}
