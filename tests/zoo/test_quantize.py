@@ -3,8 +3,10 @@ that match a numpy symmetric-quantization formula, embeddings close to float32, 
 reduction on disk, and loading through the public API, `jax.jit` of `model.apply` and the CLI.
 
 The source is the tiny converted Hugging Face CLIP fixture (random weights, its own tokenizer)."""
+import functools
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -83,6 +85,7 @@ def test_int8_export_is_a_fraction_of_the_float32_one_on_disk(exports):
     assert sorted(os.listdir(int8)) == sorted(os.listdir(f32))  # same layout as `mmfm export`
 
 
+@functools.lru_cache(maxsize=None)  # each export's embeddings are compared more than once
 def _embeddings(path: str):
     model, params, _, preprocess = mmfm.create_model_and_transforms(path)
     tok = mmfm.get_tokenizer(path)
@@ -101,8 +104,55 @@ def test_int8_embeddings_are_close_to_float32(exports):
     cos = np.concatenate([(img * ref_img).sum(-1), (txt * ref_txt).sum(-1)])
     assert cos.min() > 0.999, cos  # measured min 0.99992 (width 32, random weights)
     assert not np.allclose(img, ref_img, atol=1e-7)  # the quantized computation really ran
-    with pytest.raises(ValueError, match="not supported"):  # qwix int8 activations: see quantize.py
-        mmfm.quantize_export(SRC, "unused", activations="int8")
+    with pytest.raises(ValueError, match="not supported"):
+        mmfm.quantize_export(SRC, "unused", activations="int4")
+
+
+@pytest.fixture(scope="module")
+def w8a8(tmp_path_factory):
+    """The fixture's export with int8 weights and int8 activations."""
+    return mmfm.quantize_export(SRC, str(tmp_path_factory.mktemp("w8a8") / "w8a8"),
+                                activations="int8")
+
+
+def test_int8_activation_embeddings_are_close_to_float32_and_to_weight_only(exports, w8a8):
+    f32, int8 = exports
+    meta = json.load(open(os.path.join(w8a8, "config.json")))["quantization"]
+    assert meta["activations"] == "int8" and "per token" in meta["activation_method"]
+    assert meta["layers"] == json.load(open(os.path.join(int8, "config.json")))["quantization"]["layers"]
+    (ref_img, ref_txt), (w_img, w_txt) = _embeddings(f32), _embeddings(int8)
+    img, txt = _embeddings(w8a8)
+    cos = np.concatenate([(img * ref_img).sum(-1), (txt * ref_txt).sum(-1)])
+    assert cos.min() > 0.999, cos  # measured min 0.99980 (weight-only: 0.99992)
+    # The activations really were quantized: not the weight-only numbers.
+    assert np.abs(img - w_img).max() > 1e-5 and np.abs(txt - w_txt).max() > 1e-5
+
+
+def _dots(model, params, method, x) -> tuple[list[str], list[str]]:
+    """(operand/result types of the lowered StableHLO dot_generals, XLA:CPU's compiled dot
+    fusions' signatures) of `method` applied to `x` under jit."""
+    fn = jax.jit(lambda p, x: model.apply({"params": p}, x, method=method))
+    lowered = fn.lower(params, x)
+    hlo = [line.split(" : ", 1)[1] for line in lowered.as_text().splitlines()
+           if "stablehlo.dot_general" in line]
+    compiled = [line.strip() for line in lowered.compile().as_text().splitlines()
+                if " dot(" in line or re.match(r"\s*%fused\S* \(.*\) -> s32", line)]
+    return hlo, compiled
+
+
+def test_int8_activation_model_runs_int8_x_int8_to_int32_dots_on_cpu(w8a8):
+    model, params, _, _ = mmfm.create_model_and_transforms(w8a8)
+    s, ctx = model.cfg.image.image_size, model.cfg.text.context_length
+    for method, x in ((model.encode_image, np.zeros((2, s, s, 3), np.float32)),
+                      (model.encode_text, np.ones((2, ctx), np.int32))):
+        hlo, compiled = _dots(model, params, method, x)
+        # Every matmul: q/k/v/out projections, the two attention products, fc1/fc2, the head.
+        assert len(hlo) == 2 * (4 + 2 + 2) + 1, hlo
+        assert all(re.fullmatch(r"\(tensor<[\dx]+xi8>, tensor<[\dx]+xi8>\) -> tensor<[\dx]+xi32>", t)
+                   for t in hlo), hlo
+        dots = [c for c in compiled if " dot(" in c]
+        assert len(dots) == len(hlo) and all(re.search(r"= s32\[", d) for d in dots), dots
+        assert all("f32" not in c.split("->")[0] for c in compiled if "->" in c), compiled
 
 
 def test_quantized_pair_runs_under_jit_and_keeps_the_model_config(exports):
@@ -134,7 +184,7 @@ def _cli(*args, cwd):
                                    PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])))
 
 
-@pytest.mark.slow  # three mmfm processes: ~20 s
+@pytest.mark.slow  # five mmfm processes: ~30 s
 def test_cli_quantizes_from_another_directory_and_reports_bad_paths_in_one_line(tmp_path, exports):
     f32 = exports[0]
     p = _cli("quantize", f32, "--out", "q", cwd=tmp_path)
@@ -147,6 +197,15 @@ def test_cli_quantizes_from_another_directory_and_reports_bad_paths_in_one_line(
     lines = [line for line in p.stderr.splitlines() if line.strip()]
     assert p.returncode == 2 and len(lines) == 1 and "not found" in lines[0], p.stderr[-3000:]
     assert "Traceback" not in p.stderr and not os.path.exists(tmp_path / "q2")
+
+    p = _cli("quantize", f32, "--out", "q8", "--activations", "int8", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    meta = json.load(open(tmp_path / "q8" / "config.json"))["quantization"]
+    assert meta["activations"] == "int8" and meta["weight_dtype"] == "int8"
+    assert mmfm.load_eval_model(str(tmp_path / "q8")).encode_texts(["a red circle"]).shape == (1, 24)
+    p = _cli("quantize", f32, "--out", "q4", "--activations", "int4", cwd=tmp_path)
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert p.returncode == 2 and len(lines) == 1 and "int4" in lines[0], p.stderr[-3000:]
 
     p = _cli("quantize", out, "--out", "q3", cwd=tmp_path)  # already int8
     lines = [line for line in p.stderr.splitlines() if line.strip()]
