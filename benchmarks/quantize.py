@@ -4,13 +4,14 @@
 
 Models: the demo model (`experiments/configs/demo.py`; the trained run's latest checkpoint with
 --run, else its random init) and ViT-B-16 with random init (seed 0). For each: the float32
-export and its int8 export (`mmfm.api.quantize_export`), their sizes on disk (params file and
-whole directory), and the median latency of `mmfm.encode_image` / `mmfm.encode_text` at batch 1
-and 32 (after one warm-up call, which compiles), f32 and int8 interleaved in one process.
+export, its int8 weight-only export ("int8") and its int8 weights + int8 activations export
+("w8a8", `activations="int8"`), their sizes on disk (params file and whole directory), and the
+median latency of `mmfm.encode_image` / `mmfm.encode_text` at batch 1 and 32 (after one warm-up
+call, which compiles), the three interleaved in one process.
 
-With --run, both exports of the demo also run the run's own end-of-training eval (what
+With --run, the three exports of the demo also run the run's own end-of-training eval (what
 `mmfm eval --checkpoint RUN` runs: zero-shot shape/colour/size, retrieval R@1 both ways, probes)
-on its built-in shapes test split, and the script prints f32, int8 and the difference.
+on its built-in shapes test split, and the script prints each and its difference to f32.
 """
 from __future__ import annotations
 
@@ -79,21 +80,23 @@ def latency(dirs: dict, reps: int) -> list[dict]:
                     times[k].append(time.perf_counter() - t0)
             med = {k: statistics.median(v) for k, v in times.items()}
             rows.append({"encode": what, "batch": batch, **med})
-            print(f"  {what:5s} batch {batch:2d}: f32 {med['f32'] * 1e3:8.1f} ms  int8 "
-                  f"{med['int8'] * 1e3:8.1f} ms  int8/f32 {med['int8'] / med['f32']:.2f}", flush=True)
+            cols = "  ".join(f"{k} {v * 1e3:8.1f} ms" for k, v in med.items())
+            ratios = "  ".join(f"{k}/f32 {v / med['f32']:.2f}" for k, v in med.items() if k != "f32")
+            print(f"  {what:5s} batch {batch:2d}: {cols}  {ratios}", flush=True)
     return rows
 
 
-def report_model(name: str, f32_dir: str, q_dir: str, reps: int) -> None:
-    (p32, d32), (p8, d8) = sizes(f32_dir), sizes(q_dir)
+def report_model(name: str, dirs: dict, reps: int) -> None:
+    """dirs: {"f32": float export, "int8": weight-only, "w8a8": int8 weights and activations}."""
+    (p32, d32), (p8, d8) = sizes(dirs["f32"]), sizes(dirs["int8"])
     print(f"\n{name}: params file f32 {p32 / 1e6:.2f} MB, int8 {p8 / 1e6:.2f} MB "
           f"(ratio {p8 / p32:.3f}); whole export f32 {d32 / 1e6:.2f} MB, int8 {d8 / 1e6:.2f} MB "
-          f"(ratio {d8 / d32:.3f})", flush=True)
-    latency({"f32": f32_dir, "int8": q_dir}, reps)
+          f"(ratio {d8 / d32:.3f}); w8a8 stores the same int8 weights", flush=True)
+    latency(dirs, reps)
 
 
-def accuracy(run: str, f32_dir: str, q_dir: str, out: str) -> None:
-    """The run's own eval on the f32 and the int8 export; zero-shot and retrieval R@1 side by side."""
+def accuracy(run: str, dirs: dict, out: str) -> None:
+    """The run's own eval on each export of `dirs`; zero-shot and retrieval R@1 side by side."""
     import ml_collections
 
     from mmfm import checkpoint
@@ -103,7 +106,7 @@ def accuracy(run: str, f32_dir: str, q_dir: str, out: str) -> None:
     info = checkpoint.load_run(run, params=False)
     run_cfg = ml_collections.ConfigDict(info.config)
     res = {}
-    for kind, d in (("f32", f32_dir), ("int8", q_dir)):
+    for kind, d in dirs.items():
         t0 = time.perf_counter()
         res[kind] = evaluate_training_data(run_cfg, load_eval_model(d), step=info.step,
                                            out_dir=os.path.join(out, f"eval_{kind}"))
@@ -111,10 +114,13 @@ def accuracy(run: str, f32_dir: str, q_dir: str, out: str) -> None:
     keys = [k for k in sorted(res["f32"]) if ("zeroshot" in k or "r@1" in k.lower() or "r1" in k)
             and isinstance(res["f32"][k], (int, float))]
     print(f"\ndemo accuracy, step {info.step} of {run} (built-in shapes test split):")
-    print(f"  {'metric':40s} {'f32':>8s} {'int8':>8s} {'diff':>8s}")
+    others = [k for k in dirs if k != "f32"]
+    print(f"  {'metric':40s} {'f32':>8s}" + "".join(f" {k:>8s} {'diff':>8s}" for k in others))
     for k in keys:
-        a, b = float(res["f32"][k]), float(res["int8"].get(k, float("nan")))
-        print(f"  {k:40s} {a:8.4f} {b:8.4f} {b - a:+8.4f}")
+        a = float(res["f32"][k])
+        row = "".join(f" {b:8.4f} {b - a:+8.4f}"
+                      for b in (float(res[o].get(k, float("nan"))) for o in others))
+        print(f"  {k:40s} {a:8.4f}{row}")
 
 
 def main() -> None:
@@ -141,14 +147,16 @@ def main() -> None:
             export_from_workdir(a.run, f32)
         else:
             random_export(model_config(demo.get_config()), f32)
-        q = quantize_export(f32, os.path.join(out, "demo_int8"))
-        report_model("demo" + (f" ({a.run})" if a.run else " (random init)"), f32, q, a.reps)
+        dirs = {"f32": f32, "int8": quantize_export(f32, os.path.join(out, "demo_int8")),
+                "w8a8": quantize_export(f32, os.path.join(out, "demo_w8a8"), activations="int8")}
+        report_model("demo" + (f" ({a.run})" if a.run else " (random init)"), dirs, a.reps)
         if a.run:
-            accuracy(a.run, f32, q, out)
+            accuracy(a.run, dirs, out)
         if not a.skip_b16:
             f32 = random_export(get_model_config("ViT-B-16"), os.path.join(out, "b16_f32"))
-            q = quantize_export("ViT-B-16", os.path.join(out, "b16_int8"))
-            report_model("ViT-B-16 (random init, seed 0)", f32, q, a.reps)
+            dirs = {"f32": f32, "int8": quantize_export(f32, os.path.join(out, "b16_int8")),
+                    "w8a8": quantize_export(f32, os.path.join(out, "b16_w8a8"), activations="int8")}
+            report_model("ViT-B-16 (random init, seed 0)", dirs, a.reps)
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ HELP = {
     ("recipes", "copy"): ["name", "dest", "--force"],
     ("embed",): ["--model", "--images", "--texts", "--out", "--save_every", "(default: 64)"],
     ("search",): ["--index", "--text", "--image", "--grid", "(default: 5)"],
-    ("quantize",): ["--out", "--pretrained", "int8"],
+    ("quantize",): ["--out", "--pretrained", "int8", "--activations", "(default: float)"],
 }
 
 

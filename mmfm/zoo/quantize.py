@@ -72,6 +72,8 @@ class Int8Provider(qwix.PtqProvider):
         return array if isinstance(array, qwix.QArray) else value
 
     def take(self, a, indices, axis=None, **kwargs):
+        if hasattr(a, "how"):  # a `WithAux`: the table is also a matmul weight (MLM head)
+            a = a.array
         if not isinstance(a, qwix.QArray):
             return jnp.take(a, indices, axis=axis, **kwargs)
         if axis != 0:

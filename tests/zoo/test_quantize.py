@@ -128,15 +128,16 @@ def test_int8_activation_embeddings_are_close_to_float32_and_to_weight_only(expo
     assert np.abs(img - w_img).max() > 1e-5 and np.abs(txt - w_txt).max() > 1e-5
 
 
-def _dots(model, params, method, x) -> tuple[list[str], list[str]]:
+def _dots(model, params, method, x, compile: bool = True) -> tuple[list[str], list[str]]:
     """(operand/result types of the lowered StableHLO dot_generals, XLA:CPU's compiled dot
-    fusions' signatures) of `method` applied to `x` under jit."""
+    fusions' signatures if `compile`) of `method` applied to `x` under jit."""
     fn = jax.jit(lambda p, x: model.apply({"params": p}, x, method=method))
     lowered = fn.lower(params, x)
     hlo = [line.split(" : ", 1)[1] for line in lowered.as_text().splitlines()
            if "stablehlo.dot_general" in line]
-    compiled = [line.strip() for line in lowered.compile().as_text().splitlines()
-                if " dot(" in line or re.match(r"\s*%fused\S* \(.*\) -> s32", line)]
+    compiled = [] if not compile else [
+        line.strip() for line in lowered.compile().as_text().splitlines()
+        if " dot(" in line or re.match(r"\s*%fused\S* \(.*\) -> s32", line)]
     return hlo, compiled
 
 
@@ -237,3 +238,39 @@ def test_int8_export_serializes_and_runs_with_only_jax_as_in_the_library(exports
     # int8 constants, not float copies, went into the artifact: float ones would be >= 1x. At width
     # 32 biases, LayerNorms and scales are a large share: 0.53x here, 0.26x for the demo model.
     assert artifact < 0.75 * f32_bytes
+
+
+@pytest.mark.slow  # 20-25 s on 2 shared cores (qwix traces the model twice, two encoders)
+def test_int8_activations_cover_the_demo_models_hmlp_stem_and_tied_mlm_embedding():
+    """The demo recipe's model (tiny, no MAE decoder): an hMLP stem (an einsum with `...`) and a
+    token embedding that is also the MLM head's matmul weight (gathered from its qwix wrapper)."""
+    import dataclasses
+
+    import flax.linen as nn
+
+    from experiments.configs import demo
+    from mmfm.config_utils import model_config
+    from mmfm.models.multimodal import TwoTower, init_params
+    from mmfm.zoo.convert import common
+
+    cfg = q.inference_config(model_config(demo.get_config("tiny")))
+    cfg = dataclasses.replace(cfg, mae_decoder=None)
+    assert cfg.image.stem == "hmlp" and cfg.text.mlm_head
+    model = TwoTower(cfg)
+    shapes = common.flatten(jax.eval_shape(lambda r: nn.meta.unbox(init_params(model, r)),
+                                           jax.random.PRNGKey(0)))
+    rng = np.random.default_rng(0)  # random weights without compiling the init (~10 s)
+    flat = {k: (k.endswith("scale") + 0.1 * rng.normal(size=v.shape)).astype(np.float32)
+            for k, v in shapes.items()}
+    cfg, tensors, entry = q.quantize_flat(cfg, flat, "int8")
+    assert q.EMBEDDING in entry["layers"] and any("conv_0" in k for k in entry["layers"])
+    qmodel, qparams = q.load_quantized(TwoTower(cfg), tensors, entry)
+    params = common.unflatten(flat)
+    images = rng.normal(size=(4, cfg.image.image_size, cfg.image.image_size, 3)).astype(np.float32)
+    tokens = rng.integers(1, cfg.text.vocab_size, (4, cfg.text.context_length)).astype(np.int32)
+    for encode, x in ((mmfm.encode_image, images), (mmfm.encode_text, tokens)):
+        cos = (np.asarray(encode(model, params, x)) * np.asarray(encode(qmodel, qparams, x))).sum(-1)
+        assert cos.min() > 0.995, (encode.__name__, cos)  # measured min 0.99986 (both)
+    hlo, _ = _dots(qmodel, qparams, qmodel.encode_image, images, compile=False)
+    assert len(hlo) > 2 and all(re.fullmatch(
+        r"\(tensor<[\dx]+xi8>, tensor<[\dx]+xi8>\) -> tensor<[\dx]+xi32>", t) for t in hlo), hlo
