@@ -493,7 +493,7 @@ def quantize_main(argv=None) -> None:
     p.add_argument("--pretrained", default=None, help="pretrained tag for an architecture name "
                                                       "(default: its random init)")
     p.add_argument("--activations", default="float", choices=("float", "int8"),
-                   help="float: weight-only int8 (default); int8: weights and activations")
+                   help="int8: activations too (float: weights only)")
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
     _setup_logging()
 
