@@ -55,8 +55,9 @@ class Trainer:
                                     rules=self.rules, zeroshot=self.data_info.zeroshot,
                                     resolve=resolve_teacher)
         # Feature distillation's projection (to the teacher's width) is a student parameter.
+        teacher_dim = self.teacher.spec.model.cfg.embed_dim if self.teacher is not None else 0
         self.model_cfg = with_distill_projection(model_config(config, self.tokenizer), self.obj,
-                                                 self.teacher)
+                                                 teacher_dim)
         self.model = TwoTower(self.model_cfg)
         with self.mesh_context():
             abstract = jax.eval_shape(lambda r: nn.meta.unbox(init_params(self.model, r)),

@@ -120,22 +120,21 @@ def load_teacher(config, *, tokenizer, mesh, rules, zeroshot: Optional[dict] = N
     return Teacher(spec, params, shardings, source)
 
 
-def with_distill_projection(model_cfg: ModelConfig, obj,
-                            teacher: Optional[Teacher]) -> ModelConfig:
-    """The student's config with `distill_dim` = the teacher's embed_dim under feature
-    distillation (`obj.use_distill_feature`); unchanged (and checked to be 0) otherwise."""
+def with_distill_projection(model_cfg: ModelConfig, obj, teacher_dim: int) -> ModelConfig:
+    """The student's config with `distill_dim` = `teacher_dim` (the teacher's embed_dim) under
+    feature distillation (`obj.use_distill_feature`); unchanged (and checked to be 0) otherwise."""
     if not obj.use_distill_feature:
         if model_cfg.distill_dim:
             raise ValueError(f"model.distill_dim={model_cfg.distill_dim} builds a projection that "
                              "only loss.distill_feature_weight > 0 trains; leave it at 0")
         return model_cfg
-    dim = teacher.spec.model.cfg.embed_dim
-    if model_cfg.distill_dim not in (0, dim):
+    if model_cfg.distill_dim not in (0, teacher_dim):
         raise ValueError(f"model.distill_dim={model_cfg.distill_dim}: feature distillation "
-                         f"projects into the teacher's embedding ({dim} wide); leave it at 0")
+                         f"projects into the teacher's embedding ({teacher_dim} wide); leave it "
+                         "at 0")
     log.info("feature distillation: projection %d -> %d (the teacher's embed_dim)",
-             model_cfg.embed_dim, dim)
-    return dataclasses.replace(model_cfg, distill_dim=dim)
+             model_cfg.embed_dim, teacher_dim)
+    return dataclasses.replace(model_cfg, distill_dim=teacher_dim)
 
 
 def _init_model_config(config, tokenizer):
