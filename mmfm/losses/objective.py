@@ -2,8 +2,9 @@
 
 CLIP, SigLIP, FLIP, MAE-only, M3AE-like, the combined mmfm objective and supervised fine-tuning
 (a classification head, `classify_weight`) and distillation from a frozen teacher
-(`distill_weight`: similarities; `distill_feature_weight`: embeddings through a projection) are this one function with different weights; a weight of 0 skips that branch
-of the forward pass entirely. Every term is a metric.
+(`distill_weight`: similarities; `distill_feature_weight`: embeddings through a projection) are
+this one function with different weights; a weight of 0 skips that branch of the forward pass
+entirely. Every term is a metric.
 """
 from __future__ import annotations
 

@@ -55,7 +55,8 @@ class TwoTower(nn.Module):
             # One map for both towers: they share one embedding space, and so does the teacher;
             # a shared map keeps the projected image and text embeddings comparable.
             self.distill_proj = nn.Dense(
-                cfg.distill_dim, use_bias=False, dtype=jnp.float32, kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(),
+                cfg.distill_dim, use_bias=False, dtype=jnp.float32,
+                kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(),
                                                          (sh.EMBED, None)))
 
     def encode_image(self, images: Array, *, keep_idx: Optional[Array] = None, train: bool = False,
