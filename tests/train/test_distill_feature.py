@@ -183,6 +183,9 @@ def test_run_logs_resumes_and_exports_without_the_projection(data_dir, tmp_path)
     out = export_from_workdir(w, str(tmp_path / "export"))
     with open(os.path.join(out, "config.json")) as f:
         assert "distill_dim" not in json.load(f)["model"]
+    with open(os.path.join(out, "MODEL_CARD.md")) as f:
+        card = f.read()
+    assert "feature distillation (1 - cosine" in card and "similarities x 1" in card
     model, params, _, preprocess = mmfm.create_model_and_transforms(out)
     assert model.cfg.distill_dim == 0 and "distill_proj" not in params
     rng = np.random.default_rng(0)
