@@ -32,8 +32,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss = dict(contrastive="clip", contrastive_weight=1.0, mae_weight=0.0, mlm_weight=0.0,
                   patch_drop=0.0, mae_ratio=0.75, mlm_ratio=0.15, norm_pix=True, chunked=False,
                   masked_batch_frac=1.0, classify_weight=0.0, label_smoothing=0.0,
-                  distill_weight=0.0)
-    # The frozen teacher of `loss.distill_weight` (mmfm/train/teacher.py): a training run, an
+                  distill_weight=0.0,
+                  # > 0: feature distillation, 1 - cos(student embedding through a learned
+                  # projection to the teacher's width, teacher embedding), both towers.
+                  distill_feature_weight=0.0)
+    # The frozen teacher of `loss.distill_*weight` (mmfm/train/teacher.py): a training run, an
     # export dir, or a zoo architecture with its `pretrained` tag; "init": a random
     # `init_model` (a config.model-like dict; empty: the student's own), for smoke tests.
     c.distill = dict(teacher="", pretrained="", init_model={})

@@ -17,6 +17,11 @@ teacher (`distill.teacher`, here the demo run; each model with its own temperatu
 is read once, placed on the mesh, and never updated or checkpointed. MAE and MLM are off: they
 shaped the teacher's features, and the student learns them from its similarities.
 
+Feature distillation (off here): `--config.loss.distill_feature_weight=1` adds 1 - cosine between
+the student's embeddings, mapped to the teacher's width by a learned linear projection (one for
+both towers; a student parameter `distill_proj`, left out of exports), and the teacher's, logged
+as `loss/distill_feature`; it may also replace the similarity term (`loss.distill_weight=0`).
+
 `:tiny` is self-contained: its teacher is a randomly initialised tiny demo model
 (`distill.teacher="init"`), so every code path runs without a trained run; pass
 `--config.distill.teacher=/tmp/demo_tiny` to distil the tiny demo run instead.

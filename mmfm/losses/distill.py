@@ -12,6 +12,17 @@ constant for the student (same gradients), which open_clip leaves in the logged 
 model uses its own learned scale. The teacher side is wrapped in `stop_gradient` here too, so the
 loss can never send a gradient into the teacher whatever the caller does.
 
+`distill_feature_loss` is feature mimicking (CLIP-KD's feature distillation, here with cosine
+distance): the student's embedding, mapped into the teacher's space by a learned linear
+projection (`model.distill_dim`, the model's `distill_proj`), is pulled towards the teacher's
+embedding of the same example, for both towers:
+
+    loss = (mean_i (1 - cos(P s_img_i, t_img_i)) + mean_i (1 - cos(P s_txt_i, t_txt_i))) / 2
+
+Cosine rather than MSE: the teacher's embeddings are unit vectors whose direction is all that
+its similarities use, and 1 - cos (in [0, 2]) needs no rescaling (MSE between unit vectors is
+2 (1 - cos) once the projection is normalised; unnormalised, it also fits the norm).
+
 All functions are pure, take `[batch, dim]` embeddings and return a float32 scalar.
 """
 from __future__ import annotations
@@ -19,7 +30,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["distill_clip_loss"]
+__all__ = ["distill_clip_loss", "distill_feature_loss"]
 
 
 def _logits(img_bd, txt_bd, scale) -> jax.Array:
@@ -50,3 +61,24 @@ def distill_clip_loss(student_img, student_txt, student_scale, teacher_img, teac
     t = _logits(t_img, t_txt, t_scale)
     return 0.5 * (_soft_ce(t, s) + _soft_ce(t.T, s.T))
 
+
+
+def _cosine_distance(student_bd, teacher_bd, eps: float = 1e-8) -> jax.Array:
+    """mean_i (1 - cos(student_i, teacher_i)) in float32; rows shorter than eps count as eps."""
+    s, t = jnp.asarray(student_bd, jnp.float32), jnp.asarray(teacher_bd, jnp.float32)
+    norm = lambda x: jnp.maximum(jnp.linalg.norm(x, axis=-1), eps)
+    cos = jnp.sum(s * t, axis=-1) / (norm(s) * norm(t))
+    return jnp.mean(1.0 - cos)
+
+
+def distill_feature_loss(student_img, student_txt, teacher_img, teacher_txt) -> jax.Array:
+    """Cosine distance of the projected student embeddings to the teacher's, both towers averaged.
+
+    Args:
+      student_img, student_txt: `[batch, d_t]` the student's embeddings through its projection
+        (any norm; the model's `img/distill`, `txt/distill`).
+      teacher_img, teacher_txt: `[batch, d_t]` the teacher's embeddings (under stop_gradient).
+    Returns: float32 scalar in [0, 2].
+    """
+    t_img, t_txt = jax.lax.stop_gradient((teacher_img, teacher_txt))
+    return 0.5 * (_cosine_distance(student_img, t_img) + _cosine_distance(student_txt, t_txt))

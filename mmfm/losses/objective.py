@@ -2,8 +2,9 @@
 
 CLIP, SigLIP, FLIP, MAE-only, M3AE-like, the combined mmfm objective and supervised fine-tuning
 (a classification head, `classify_weight`) and distillation from a frozen teacher
-(`distill_weight`) are this one function with different weights; a weight of 0 skips that branch
-of the forward pass entirely. Every term is a metric.
+(`distill_weight`: similarities; `distill_feature_weight`: embeddings through a projection) are
+this one function with different weights; a weight of 0 skips that branch of the forward pass
+entirely. Every term is a metric.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from mmfm.losses.contrastive import contrastive_loss
-from mmfm.losses.distill import distill_clip_loss
+from mmfm.losses.distill import distill_clip_loss, distill_feature_loss
 from mmfm.losses.masked import mae_loss, mlm_accuracy, mlm_loss
 
 Array = jax.Array
@@ -45,13 +46,18 @@ class ObjectiveConfig:
     # Soft in-batch similarity matching against a frozen teacher (`config.distill`): open_clip's
     # DistillClipLoss. The student's contrastive term stays at contrastive_weight next to it.
     distill_weight: float = 0.0
+    # Feature distillation: 1 - cosine between the student's embeddings through a learned linear
+    # projection (`model.distill_dim`, set to the teacher's embed_dim) and the teacher's, both
+    # towers (CLIP-KD's feature distillation). Needs a teacher too; may go with or without the
+    # similarity term above.
+    distill_feature_weight: float = 0.0
 
     def validate(self, prefix: str = "loss") -> "ObjectiveConfig":
         if self.contrastive not in CONTRASTIVE_KINDS:
             raise ValueError(f"{prefix}.contrastive: unknown kind {self.contrastive!r}; "
                              f"valid: {', '.join(CONTRASTIVE_KINDS)}")
         weights = ("contrastive_weight", "mae_weight", "mlm_weight", "classify_weight",
-                   "distill_weight")
+                   "distill_weight", "distill_feature_weight")
         for name in weights:
             if getattr(self, name) < 0:
                 raise ValueError(f"{prefix}.{name}: must be >= 0, got {getattr(self, name)}")
@@ -90,9 +96,18 @@ class ObjectiveConfig:
         return self.distill_weight > 0
 
     @property
+    def use_distill_feature(self) -> bool:
+        return self.distill_feature_weight > 0
+
+    @property
+    def needs_teacher(self) -> bool:
+        """Whether a frozen teacher runs in the step (either distillation term)."""
+        return self.use_distill or self.use_distill_feature
+
+    @property
     def use_embeddings(self) -> bool:
         """Whether the step needs the contrastive pass (embeddings + scale): contrastive or distill."""
-        return self.use_contrastive or self.use_distill
+        return self.use_contrastive or self.needs_teacher
 
     @property
     def shared_image_view(self) -> bool:
@@ -125,7 +140,7 @@ def objective(out: dict, *, images: Array, tokens: Array, mae_mask: Optional[Arr
     `cfg.masked_rows(batch)`: the rows the masked views were computed on. labels: int [batch],
     the classification targets (with `classify_weight`). teacher: the frozen teacher's
     {`img/emb` [batch, d_t], `txt/emb` [batch, d_t], `scale`} on the same batch (with
-    `distill_weight`).
+    `distill_weight` / `distill_feature_weight`).
     """
     total = jnp.zeros((), jnp.float32)
     metrics = {}
@@ -163,6 +178,17 @@ def objective(out: dict, *, images: Array, tokens: Array, mae_mask: Optional[Arr
         metrics["loss/distill"] = dist
         metrics.setdefault("scale", out["scale"])
         metrics["teacher/scale"] = teacher["scale"]
+    if cfg.use_distill_feature:
+        if teacher is None:
+            raise ValueError("loss.distill_feature_weight > 0 needs the teacher's outputs "
+                             "(config.distill)")
+        if "img/distill" not in out:
+            raise ValueError("loss.distill_feature_weight > 0 needs the model's projection "
+                             "(model.distill_dim = the teacher's embed_dim)")
+        feat = distill_feature_loss(out["img/distill"], out["txt/distill"], teacher["img/emb"],
+                                    teacher["txt/emb"])
+        total += cfg.distill_feature_weight * feat
+        metrics["loss/distill_feature"] = feat
     metrics["loss"] = total
     return total, metrics
 

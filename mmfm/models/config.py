@@ -146,6 +146,10 @@ class ModelConfig:
     mae_decoder: Optional[DecoderConfig] = None
     # > 0: a linear classification head on the image embedding (fine-tuning, `loss.classify_weight`)
     num_classes: int = 0
+    # > 0: a bias-free linear map `distill_proj` from the embedding to a distillation teacher's
+    # embedding width (`loss.distill_feature_weight`; the trainer sets it from the teacher).
+    # Training only: exports drop it (mmfm.zoo.export) and inference never calls it.
+    distill_dim: int = 0
 
     def validate(self) -> "ModelConfig":
         self.image.validate("model.image")
@@ -160,6 +164,7 @@ class ModelConfig:
                    f"MAE reconstructs whole images: patch size {self.image.patch_size} must divide "
                    f"image size {self.image.image_size}")
         _check(self.num_classes >= 0, "model.num_classes", f"must be >= 0, got {self.num_classes}")
+        _check(self.distill_dim >= 0, "model.distill_dim", f"must be >= 0, got {self.distill_dim}")
         return self
 
 
@@ -272,6 +277,7 @@ def count_params_closed_form(cfg: ModelConfig) -> int:
         n += blocks(d) + 2 * d.width
         n += d.width * im.patch_size ** 2 * im.channels + im.patch_size ** 2 * im.channels
     n += (cfg.embed_dim + 1) * cfg.num_classes
+    n += cfg.embed_dim * cfg.distill_dim
     return n
 
 
@@ -315,5 +321,11 @@ def model_config_from_dict(d: dict, **text_overrides) -> ModelConfig:
 
 
 def model_config_to_dict(cfg: ModelConfig) -> dict:
-    """JSON-able dict that model_config_from_dict reads back (exports and checkpoint metadata)."""
-    return dataclasses.asdict(cfg)
+    """JSON-able dict that model_config_from_dict reads back (exports and checkpoint metadata).
+
+    `distill_dim` is written only when set: a training-only field, so exports and the metadata of
+    runs without it stay readable by an mmfm that predates it."""
+    d = dataclasses.asdict(cfg)
+    if not d["distill_dim"]:
+        del d["distill_dim"]
+    return d

@@ -32,7 +32,8 @@ class TwoTower(nn.Module):
     Parameter tree: `img/...`, `txt/...`, `t` (log of the logit scale), `b` (SigLIP bias, when
     `init_bias` is set), `mae_decoder/...` (when configured), `classifier/...` (a linear head on
     the image embedding, when `num_classes > 0`; zero-initialised, so fine-tuning starts from
-    uniform predictions).
+    uniform predictions), `distill_proj/kernel` `[embed_dim, distill_dim]` (when `distill_dim >
+    0`: feature distillation's map into the teacher's embedding space, training only).
     """
     cfg: ModelConfig
 
@@ -50,6 +51,13 @@ class TwoTower(nn.Module):
                 cfg.num_classes, kernel_init=nn.with_logical_partitioning(
                     nn.initializers.zeros_init(), (sh.EMBED, None)),
                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (None,)))
+        if cfg.distill_dim:
+            # One map for both towers: they share one embedding space, and so does the teacher;
+            # a shared map keeps the projected image and text embeddings comparable.
+            self.distill_proj = nn.Dense(
+                cfg.distill_dim, use_bias=False, dtype=jnp.float32,
+                kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(),
+                                                         (sh.EMBED, None)))
 
     def encode_image(self, images: Array, *, keep_idx: Optional[Array] = None, train: bool = False,
                      spatial_shapes: Optional[Array] = None, patch_valid: Optional[Array] = None,
@@ -93,7 +101,8 @@ class TwoTower(nn.Module):
         mae_images: the reconstruction view's images when it covers other rows than `images` (a
         sub-batch, `loss.masked_batch_frac`); None = `images`.
         classify: class logits of the whole images (`cls/logits`), from the contrastive pass when
-        it sees every patch.
+        it sees every patch. With `cfg.distill_dim` the contrastive pass also yields `img/distill`
+        and `txt/distill`: the L2-normalised embeddings through `distill_proj`.
         """
         out = {}
         img_out = None
@@ -105,6 +114,9 @@ class TwoTower(nn.Module):
             out.update({"img/emb": img_emb, "txt/emb": txt_emb, "scale": scale})
             if bias is not None:
                 out["bias"] = bias
+            if self.cfg.distill_dim:  # [batch, distill_dim], unnormalised
+                out["img/distill"] = self.distill_proj(img_emb)
+                out["txt/distill"] = self.distill_proj(txt_emb)
         if mae_keep is not None:
             if self.cfg.mae_decoder is None:
                 raise ValueError("mae_keep given but model.mae_decoder is not configured")

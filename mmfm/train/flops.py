@@ -48,6 +48,13 @@ def mae_decoder_flops(cfg: ModelConfig, kept: int) -> int:
             + 2 * im.num_patches * dec.width * pix)
 
 
+def distill_projection_flops(cfg: ModelConfig) -> int:
+    """Feature distillation's projection (`model.distill_dim`) of both towers' embeddings; it
+    runs in every contrastive pass of a model that has it. (The frozen teacher's own forward pass
+    is not the student's model FLOPs and is not counted.)"""
+    return 2 * 2 * cfg.embed_dim * cfg.distill_dim
+
+
 def train_flops_per_example(cfg: ModelConfig, obj: ObjectiveConfig) -> int:
     """Forward + backward (3x forward) matmul FLOPs of one example under the objective's views.
 
@@ -58,6 +65,7 @@ def train_flops_per_example(cfg: ModelConfig, obj: ObjectiveConfig) -> int:
     if obj.use_embeddings:  # the contrastive pass (also what distillation reads)
         kept = num_kept(n, obj.patch_drop) if obj.patch_drop > 0 else n
         fwd += image_forward_flops(cfg, kept) + text_forward_flops(cfg)
+        fwd += distill_projection_flops(cfg)
     if obj.use_mae:
         kept = num_kept(n, obj.mae_ratio)
         if not obj.shared_image_view:

@@ -23,7 +23,7 @@ from mmfm.train import optim
 from mmfm.train.metrics import MetricsWriter, StepClock
 from mmfm.train.state import TrainState, create_state, state_shardings
 from mmfm.train.step import StepConfig, train_step
-from mmfm.train.teacher import load_teacher
+from mmfm.train.teacher import load_teacher, with_distill_projection
 
 log = logging.getLogger("mmfm")
 
@@ -49,16 +49,19 @@ class Trainer:
         self.data = build_data(config.data, batch_size=self.local_batch, seed=config.seed,
                                shard_index=jax.process_index(), shard_count=jax.process_count())
         self.train_loader, self.eval_arrays, self.tokenizer, self.data_info = self.data
-        self.model_cfg = model_config(config, self.tokenizer)
+        # The frozen distillation teacher (None without a loss.distill_* weight): on the mesh
+        # with its own shardings, outside the train state (no gradient, no update, no checkpoint).
+        self.teacher = load_teacher(config, tokenizer=self.tokenizer, mesh=self.mesh,
+                                    rules=self.rules, zeroshot=self.data_info.zeroshot,
+                                    resolve=resolve_teacher)
+        # Feature distillation's projection (to the teacher's width) is a student parameter.
+        teacher_dim = self.teacher.spec.model.cfg.embed_dim if self.teacher is not None else 0
+        self.model_cfg = with_distill_projection(model_config(config, self.tokenizer), self.obj,
+                                                 teacher_dim)
         self.model = TwoTower(self.model_cfg)
         with self.mesh_context():
             abstract = jax.eval_shape(lambda r: nn.meta.unbox(init_params(self.model, r)),
                                       jax.random.PRNGKey(0))
-        # The frozen distillation teacher (None without loss.distill_weight): on the mesh with
-        # its own shardings, outside the train state (no gradient, no update, no checkpoint).
-        self.teacher = load_teacher(config, tokenizer=self.tokenizer, mesh=self.mesh,
-                                    rules=self.rules, zeroshot=self.data_info.zeroshot,
-                                    resolve=resolve_teacher)
         self.tx, self.lr_fn = optim.make_optimizer(config.optim, config.total_steps, abstract)
         self.state_sharding = state_shardings(self.model, self.tx, self.mesh, self.rules)
         self.batch_sharding = sh.batch_sharding(self.mesh)

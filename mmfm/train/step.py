@@ -27,7 +27,7 @@ class StepConfig:
     mask_id: int = 3
     special_ids: tuple[int, ...] = (0, 1, 2, 3)
     mesh: Any = None  # for the chunked contrastive loss
-    teacher: Optional[TeacherSpec] = None  # distillation (`loss.distill_weight`)
+    teacher: Optional[TeacherSpec] = None  # distillation (a `loss.distill_*weight` > 0)
 
 
 def normalize_images(images_u8: jax.Array, mean, std) -> jax.Array:
@@ -104,7 +104,7 @@ def loss_and_metrics(params, batch, rng, sc: StepConfig, teacher_params=None):
         contrastive=sc.objective.use_embeddings, mae_shares_view=sc.objective.shared_image_view,
         classify=sc.objective.use_classify, train=True, rngs={"dropout": r_drop})
     teacher = None
-    if sc.objective.use_distill:
+    if sc.objective.needs_teacher:
         teacher = teacher_outputs(teacher_params, batch["image"], tokens, sc.teacher)
     return objective(out, images=m_images, tokens=m_tokens, mae_mask=v["mae_mask"],
                      mlm_mask=v["mlm_mask"], patch_size=sc.model.cfg.image.patch_size,
@@ -115,7 +115,8 @@ def train_step(state: TrainState, batch: dict, teacher_params=None, *,
                sc: StepConfig) -> tuple[TrainState, dict]:
     """One optimizer step. batch: {image uint8 [B,H,W,3], tokens int32 [B,L], label int32 [B]
     (with a classification term)} (global arrays). teacher_params: the frozen distillation
-    teacher's params (with `loss.distill_weight`); read only, never differentiated."""
+    teacher's params (with `loss.distill_weight` / `distill_feature_weight`); read only, never
+    differentiated."""
     rng = jax.random.fold_in(state.rng, state.step)
     grad_fn = jax.value_and_grad(loss_and_metrics, has_aux=True)
     (_, metrics), grads = grad_fn(state.params, batch, rng, sc, teacher_params)

@@ -1,4 +1,5 @@
-"""The frozen teacher of distillation (`loss.distill_weight > 0`, `config.distill`), loaded once.
+"""The frozen teacher of distillation (`loss.distill_weight` or `distill_feature_weight` > 0,
+`config.distill`), loaded once.
 
     distill.teacher = "runs/demo"        a training run (read-only, `checkpoint.load_run`)
                     = "exports/demo"     an mmfm export, or a zoo architecture with
@@ -10,6 +11,10 @@ The teacher's params are placed on the training mesh with their own shardings (t
 rules of the student) and handed to the jitted step as a separate, non-donated argument: they
 are never part of the train state, so they get no gradient, no optimizer update and are never
 written into a checkpoint; a resumed run loads the teacher again from the config.
+
+Feature distillation also gives the student a projection into the teacher's embedding space:
+`with_distill_projection` sets the student's `distill_dim` to the teacher's embed_dim, so the
+projection is an ordinary parameter of the student (optimized, sharded, checkpointed).
 
 Exports and zoo models are read by the API layer, above this one: the entry point passes
 `resolve(name, pretrained, mesh, rules) -> (model, params, preprocess, tokenizer)` in.
@@ -26,8 +31,8 @@ import numpy as np
 
 from mmfm import fileio
 from mmfm import sharding as sh
-from mmfm.config_utils import model_config
-from mmfm.models.config import model_config_from_dict
+from mmfm.config_utils import model_config, objective_config
+from mmfm.models.config import ModelConfig, model_config_from_dict
 from mmfm.models.multimodal import TwoTower, init_params
 from mmfm.train.state import param_shardings
 
@@ -73,12 +78,14 @@ def load_teacher(config, *, tokenizer, mesh, rules, zeroshot: Optional[dict] = N
     tokenizer: the student's data tokenizer (the teacher must give the same ids);
     zeroshot: the data's {label: (class names, templates)}, extra texts for that check.
     """
-    if not float(config.loss.get("distill_weight", 0.0)):
+    obj = objective_config(config)
+    if not obj.needs_teacher:
         return None
     dist = config.get("distill") or {}
     source, pretrained = str(dist.get("teacher") or ""), str(dist.get("pretrained") or "") or None
     if not source:
-        raise ValueError("distill.teacher: loss.distill_weight > 0 needs a teacher (a training "
+        weight = "distill_weight" if obj.use_distill else "distill_feature_weight"
+        raise ValueError(f"distill.teacher: loss.{weight} > 0 needs a teacher (a training "
                          "run, an mmfm export dir, or a zoo architecture with distill.pretrained)")
     data = config.data
     if source == INIT:
@@ -111,6 +118,23 @@ def load_teacher(config, *, tokenizer, mesh, rules, zeroshot: Optional[dict] = N
     n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
     log.info("distillation teacher %s: %d params (frozen)", source, n)
     return Teacher(spec, params, shardings, source)
+
+
+def with_distill_projection(model_cfg: ModelConfig, obj, teacher_dim: int) -> ModelConfig:
+    """The student's config with `distill_dim` = `teacher_dim` (the teacher's embed_dim) under
+    feature distillation (`obj.use_distill_feature`); unchanged (and checked to be 0) otherwise."""
+    if not obj.use_distill_feature:
+        if model_cfg.distill_dim:
+            raise ValueError(f"model.distill_dim={model_cfg.distill_dim} builds a projection that "
+                             "only loss.distill_feature_weight > 0 trains; leave it at 0")
+        return model_cfg
+    if model_cfg.distill_dim not in (0, teacher_dim):
+        raise ValueError(f"model.distill_dim={model_cfg.distill_dim}: feature distillation "
+                         f"projects into the teacher's embedding ({teacher_dim} wide); leave it "
+                         "at 0")
+    log.info("feature distillation: projection %d -> %d (the teacher's embed_dim)",
+             model_cfg.embed_dim, teacher_dim)
+    return dataclasses.replace(model_cfg, distill_dim=teacher_dim)
 
 
 def _init_model_config(config, tokenizer):

@@ -43,6 +43,19 @@ def default_tokenizer(cfg: ModelConfig) -> TokenizerSpec:
     return TokenizerSpec("siglip", "spiece.model", cfg.text.context_length, True, pad_id=1)
 
 
+TRAINING_ONLY = ("distill_proj/",)  # parameter prefixes no inference path reads
+
+
+def inference_params(cfg: ModelConfig, flat: dict) -> tuple[ModelConfig, dict]:
+    """A run's model config and flat params without the training-only parts: feature
+    distillation's projection (`distill_dim`, `distill_proj/...`) is dropped, so the export
+    is the plain two-tower model any mmfm (or converter) reads."""
+    if not cfg.distill_dim:
+        return cfg, flat
+    kept = {k: v for k, v in flat.items() if not k.startswith(TRAINING_ONLY)}
+    return dataclasses.replace(cfg, distill_dim=0), kept
+
+
 def save_export(out_dir: str, flat_params: dict, cfg: ModelConfig, *, preprocess: Preprocess,
                 tokenizer: TokenizerSpec, tokenizer_files: Sequence[str] = (),
                 zeroshot: Optional[dict] = None, source: Optional[dict] = None,
@@ -151,7 +164,7 @@ def export_from_workdir(workdir: str, out_dir: str, *, suite_results: Sequence[s
     tok = TokenizerSpec(kind, fileio.basename(tok_file), int(cfg.text.context_length),
                         run.tokenizer_lowercase)
     zs = {k: [list(n), list(t)] for k, (n, t) in run.zeroshot.items()}
-    flat = common.flatten(run.params)
+    cfg, flat = inference_params(cfg, common.flatten(run.params))
     card = model_card(cfg, common.to_canonical(flat), name=fileio.basename(run.workdir),
                       run=run_record(run, suite_results))
     return save_export(out_dir, flat, cfg, preprocess=pre, tokenizer=tok,

@@ -27,7 +27,10 @@ BUILTIN_DATA = "captioned_shapes"
 GROUP_GAP = 0.1
 NEAR_CHANCE = 0.6
 LOSS_TERMS = (("contrastive_weight", "contrastive ({contrastive})"), ("mae_weight", "MAE (mask ratio {mae_ratio})"),
-              ("mlm_weight", "MLM (mask ratio {mlm_ratio})"), ("classify_weight", "classification"))
+              ("mlm_weight", "MLM (mask ratio {mlm_ratio})"), ("classify_weight", "classification"),
+              ("distill_weight", "distillation of a frozen teacher's similarities"),
+              ("distill_feature_weight", "feature distillation (1 - cosine to a frozen teacher's "
+               "embeddings through a training-only projection)"))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,10 +1,10 @@
-"""The distillation loss against a float64 numpy formula (value and student gradient), and its
-teacher side receiving no gradient."""
+"""The distillation losses (similarity and feature) against float64 numpy formulas (value and
+student gradient), and their teacher sides receiving no gradient."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mmfm.losses.distill import distill_clip_loss
+from mmfm.losses.distill import distill_clip_loss, distill_feature_loss
 
 S_SCALE, T_SCALE = 7.0, 20.0
 
@@ -79,3 +79,46 @@ def test_student_equal_to_teacher_leaves_only_the_teacher_entropy():
     np.testing.assert_allclose(got, want, rtol=1e-5)
     s_img, s_txt, _, _ = _pairs(d_s=24, seed=3)
     assert float(distill_clip_loss(s_img, s_txt, T_SCALE, t_img, t_txt, T_SCALE)) > got
+
+
+def np_feature(p_img, p_txt, t_img, t_txt):
+    """(loss, d loss / d p_img) in float64: mean over rows of 1 - cos, the two towers averaged."""
+    def term(p, t):
+        p, t = p.astype(np.float64), t.astype(np.float64)
+        pn, tn = np.linalg.norm(p, axis=1, keepdims=True), np.linalg.norm(t, axis=1, keepdims=True)
+        cos = np.sum(p * t, axis=1, keepdims=True) / (pn * tn)
+        # d cos / d p = t / (|p| |t|) - cos p / |p|^2
+        return np.mean(1 - cos), -(t / (pn * tn) - cos * p / pn ** 2) / len(p)
+
+    (a, grad), (b, _) = term(p_img, t_img), term(p_txt, t_txt)
+    return 0.5 * (a + b), 0.5 * grad
+
+
+def test_feature_loss_value_and_gradient_match_numpy():
+    """Projected student embeddings (any norm) against the teacher's unit embeddings."""
+    rng = np.random.default_rng(4)
+    p_img, p_txt = (rng.normal(size=(8, 24)).astype(np.float32) * 3 for _ in range(2))
+    _, _, t_img, t_txt = _pairs(seed=4)
+    p_txt += 2 * t_txt  # some rows near the teacher's: cosines spread over (-1, 1)
+    want, want_grad = np_feature(p_img, p_txt, t_img, t_txt)
+    got = distill_feature_loss(p_img, p_txt, t_img, t_txt)
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(float(got), want, rtol=1e-5)
+    grad = jax.grad(distill_feature_loss)(jnp.asarray(p_img), p_txt, t_img, t_txt)
+    np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=1e-5, atol=1e-7)
+    # Scale-free in the student (only directions count), 0 at the teacher, 2 opposite it.
+    np.testing.assert_allclose(float(distill_feature_loss(5 * p_img, p_txt, t_img, t_txt)), want,
+                               rtol=1e-5)
+    assert abs(float(distill_feature_loss(t_img, 0.5 * t_txt, t_img, t_txt))) < 1e-6
+    np.testing.assert_allclose(float(distill_feature_loss(-t_img, -t_txt, t_img, t_txt)), 2.0,
+                               rtol=1e-6)
+
+
+def test_feature_loss_sends_no_gradient_to_the_teacher():
+    rng = np.random.default_rng(5)
+    p_img, p_txt = (jnp.asarray(rng.normal(size=(8, 24)), jnp.float32) for _ in range(2))
+    _, _, t_img, t_txt = _pairs(seed=5)
+    grads = jax.grad(distill_feature_loss, argnums=(0, 1, 2, 3))(
+        p_img, p_txt, jnp.asarray(t_img), jnp.asarray(t_txt))
+    assert all(np.any(np.asarray(g) != 0) for g in grads[:2])
+    assert not any(np.any(np.asarray(g)) for g in grads[2:])
