@@ -97,6 +97,10 @@ def _training(cfg: ModelConfig, run: RunRecord) -> list[str]:
                 f"{data.get('image_size', '?')} px)")
     opt, batch = c.get("optim", {}), int(c.get("batch_size", 0))
     lines = ["## Training", "", f"- Data: {name}.", f"- Objective: {_objective(c.get('loss', {}))}."]
+    loss, teacher = c.get("loss", {}), (c.get("distill") or {}).get("teacher")
+    if teacher and (loss.get("distill_weight") or loss.get("distill_feature_weight")):
+        tag = (c.get("distill") or {}).get("pretrained")
+        lines.append(f"- Distillation teacher: {teacher}" + (f" (pretrained {tag})" if tag else "") + ".")
     lines.append(f"- Steps: {run.step:,} of {int(c.get('total_steps', run.step)):,} at global batch "
                  f"{batch} ({run.step * batch:,} examples seen).")
     if opt:
