@@ -302,3 +302,23 @@ def honour_umask(path: str) -> None:
                 os.chmod(os.path.join(root, f), 0o666 & ~mask)
     else:
         os.chmod(path, 0o666 & ~mask)
+
+
+def write_dir_atomic(out: str, write, *, prefix: str) -> str:
+    """A local directory made by `write(tmp)` in a sibling temporary directory, then renamed over
+    `out`: a reader sees the old directory or the whole new one, and a failure leaves nothing.
+    Returns the absolute path."""
+    out = os.path.abspath(out)
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=prefix)
+    try:
+        write(tmp)
+        honour_umask(tmp)  # mkdtemp and some writers (safetensors) make private (0700/0600) entries
+        if os.path.exists(out):
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

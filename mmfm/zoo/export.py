@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
 import tempfile
 from typing import Optional, Sequence
 
 import numpy as np
 
 from mmfm import fileio
-from mmfm.fileio import honour_umask
 from mmfm.models.config import ModelConfig, model_config_from_dict, model_config_to_dict
 from mmfm.zoo import sources
 from mmfm.zoo.pretrained import FORMAT, PARAMS_FILE, QUANTIZED_VERSION, SCALE_SUFFIX, VERSION
@@ -105,19 +102,7 @@ def save_export(out_dir: str, flat_params: dict, cfg: ModelConfig, *, preprocess
                 fileio.rmtree(out_dir)
             fileio.copytree(tmp, out_dir, last=("config.json",))
         return out_dir
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".export-")
-    try:
-        write(tmp)
-        honour_umask(tmp)  # mkdtemp and the safetensors writer make private (0700/0600) entries
-        if os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+    return fileio.write_dir_atomic(out_dir, write, prefix=".export-")
 
 
 def _read_json(path: str) -> Optional[dict]:

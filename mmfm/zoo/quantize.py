@@ -37,6 +37,7 @@ import qwix
 
 from mmfm.models.config import ModelConfig
 from mmfm.models.multimodal import TwoTower, init_params
+from mmfm.zoo.convert import common
 from mmfm.zoo.pretrained import SCALE_SUFFIX
 
 EMBEDDING = "txt/embedding/embedding"
@@ -131,17 +132,6 @@ def _flatten(tree, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _unflatten(flat: dict[str, Any]) -> dict:
-    tree: dict = {}
-    for path, v in flat.items():
-        node = tree
-        *parents, leaf = path.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = v
-    return tree
-
-
 def _channel_axes(scale_shape, weight_shape) -> list[int]:
     return [i for i, (s, w) in enumerate(zip(scale_shape, weight_shape)) if s == w and w > 1]
 
@@ -165,7 +155,7 @@ def quantize_params(model: TwoTower, params: dict, activations: str = "float"
         q = getattr(leaf, "array", leaf)
         if isinstance(q, qwix.QArray):
             layers[name] = _channel_axes(q.scale.shape, q.qvalue.shape)
-    return qmodel, _unflatten(flat), layers
+    return qmodel, common.unflatten(flat), layers
 
 
 def to_safetensors(qparams: dict) -> dict[str, np.ndarray]:
@@ -209,7 +199,7 @@ def load_quantized(model: TwoTower, flat: dict, meta: dict) -> tuple[TwoTower, d
             out[name] = leaf.replace(array=q) if hasattr(leaf, "how") else q
         else:
             out[name] = v.astype(leaf.dtype)
-    return qmodel, _unflatten(out)
+    return qmodel, common.unflatten(out)
 
 
 def check_meta(meta: dict) -> None:
@@ -232,8 +222,6 @@ def describe(layers: dict, activations: str) -> dict:
 def quantize_flat(cfg: ModelConfig, flat: dict, activations: str = "float"
                   ) -> tuple[ModelConfig, dict[str, np.ndarray], dict]:
     """Canonical float flat params -> (inference config, export tensors, "quantization" entry)."""
-    from mmfm.zoo.convert import common
-
     cfg = inference_config(cfg)
     tree = common.unflatten({k: np.asarray(v, np.float32) for k, v in flat.items()})
     _, qparams, layers = quantize_params(TwoTower(cfg), tree, activations)

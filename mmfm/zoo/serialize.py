@@ -18,8 +18,6 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
-import tempfile
 from typing import Optional, Sequence
 
 import jax
@@ -146,11 +144,7 @@ def write_serialized(model, params, preprocess, tokenizer_spec, tokenizer_files:
             "files": {"image": IMAGE_FILE, "text": TEXT_FILE},
             "mmfm_version": __version__, "jax_version": jax.__version__}
 
-    out = os.path.abspath(out)
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".serialized-")
-    try:
+    def write(tmp: str) -> None:
         for fname, exported in ((IMAGE_FILE, image), (TEXT_FILE, text)):
             with open(os.path.join(tmp, fname), "wb") as f:
                 f.write(exported.serialize())
@@ -161,11 +155,5 @@ def write_serialized(model, params, preprocess, tokenizer_spec, tokenizer_files:
                 f.write(card.rstrip("\n") + "\n\n" + _artifact_section(meta))
         with open(os.path.join(tmp, META_FILE), "w") as f:
             json.dump(meta, f, indent=1)
-        fileio.honour_umask(tmp)  # mkdtemp makes a private (0700) directory
-        if os.path.exists(out):
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    return fileio.write_dir_atomic(out, write, prefix=".serialized-")
