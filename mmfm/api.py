@@ -236,15 +236,6 @@ def load_eval_model(name: str, pretrained: Optional[str] = None, *, batch_size: 
         zeroshot=zeroshot)
 
 
-def _is_run(path: str) -> bool:
-    """A training workdir, its checkpoints/ directory or one of its step directories."""
-    path = fileio.absolute(path)
-    return fileio.isdir(path) and (fileio.isdir(fileio.join(path, "checkpoints"))
-                                   or fileio.basename(path) == "checkpoints"
-                                   or (fileio.basename(path).isdigit()
-                                       and fileio.basename(fileio.dirname(path)) == "checkpoints"))
-
-
 def quantize_export(src: str, out_dir: str, *, pretrained: Optional[str] = None,
                     activations: str = "float") -> str:
     """Writes an int8 export (`mmfm.zoo.quantize`) of a training run, an export, a converted
@@ -253,7 +244,9 @@ def quantize_export(src: str, out_dir: str, *, pretrained: Optional[str] = None,
 
     from mmfm.zoo.quantize import quantize_flat
 
-    if _is_run(src):  # through a float export: the run's tokenizer, preprocessing, class names
+    from mmfm.checkpoint import is_run_dir
+
+    if is_run_dir(src):  # through a float export: the run's tokenizer, preprocessing, class names
         with tempfile.TemporaryDirectory(prefix="mmfm-quantize-") as tmp:
             f32 = export_lib.export_from_workdir(src, fileio.join(tmp, "f32"))
             return quantize_export(f32, out_dir, activations=activations)

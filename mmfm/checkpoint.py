@@ -72,6 +72,16 @@ def checkpoint_root(workdir: str) -> str:
     return fileio.join(fileio.absolute(workdir), "checkpoints")
 
 
+def is_run_dir(path: str) -> bool:
+    """Whether `path` is a training run: its workdir, its checkpoints/ directory or one step
+    directory inside that (what `resolve` and `load_run` accept)."""
+    path = fileio.absolute(path)
+    base = fileio.basename(path)
+    return fileio.isdir(path) and (
+        fileio.isdir(fileio.join(path, "checkpoints")) or base == "checkpoints"
+        or (base.isdigit() and fileio.basename(fileio.dirname(path)) == "checkpoints"))
+
+
 def resolve(path: str) -> tuple[str, Optional[int]]:
     """`path` -> (checkpoints root, step or None for the latest).
 

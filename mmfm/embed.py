@@ -51,14 +51,6 @@ class Encoder:
         return self.model + (f" (pretrained {self.pretrained})" if self.pretrained else "")
 
 
-def _is_run(path: str) -> bool:
-    """A training run: its workdir, its checkpoints/ directory or one step directory in it."""
-    path = fileio.absolute(path)
-    return fileio.isdir(path) and (
-        fileio.isdir(fileio.join(path, "checkpoints")) or fileio.basename(path) == "checkpoints"
-        or (fileio.basename(path).isdigit() and fileio.basename(fileio.dirname(path)) == "checkpoints"))
-
-
 def _identity(x: Optional[str]) -> str:
     """Absolute path for a path that exists, the text itself for a name or tag."""
     if not x:
@@ -77,7 +69,9 @@ def load_encoder(model: str, pretrained: Optional[str] = None, *, batch_size: in
     if fileio.isdir(model) and fileio.isfile(fileio.join(model, LOCAL_MARKER)):
         return _local_encoder(model)
     model_id, pretrained_id = model_identity(model, pretrained)
-    if _is_run(model):  # recorded as its step dir: a run that trains on has new weights
+    from mmfm.checkpoint import is_run_dir
+
+    if is_run_dir(model):  # recorded as its step dir: a run that trains on has new weights
         from mmfm.evals.model_io import EvalModel
         m = EvalModel.from_checkpoint(model, batch_size=batch_size)
         name = f"{fileio.basename(m.run.workdir)} step {m.run.step}"

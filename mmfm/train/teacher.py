@@ -63,14 +63,6 @@ class Teacher:
     source: str
 
 
-def is_run_dir(path: str) -> bool:
-    """A training workdir, its checkpoints/ dir or one of its step dirs."""
-    path = path.rstrip("/")
-    return fileio.isdir(path) and (
-        fileio.isdir(fileio.join(path, "checkpoints")) or fileio.basename(path) == "checkpoints"
-        or fileio.basename(fileio.dirname(path)) == "checkpoints")
-
-
 def load_teacher(config, *, tokenizer, mesh, rules, zeroshot: Optional[dict] = None,
                  resolve: Optional[Resolver] = None) -> Optional[Teacher]:
     """The teacher of `config.distill`, checked against the student's data; None without distill.
@@ -78,6 +70,8 @@ def load_teacher(config, *, tokenizer, mesh, rules, zeroshot: Optional[dict] = N
     tokenizer: the student's data tokenizer (the teacher must give the same ids);
     zeroshot: the data's {label: (class names, templates)}, extra texts for that check.
     """
+    from mmfm.checkpoint import is_run_dir
+
     obj = objective_config(config)
     if not obj.needs_teacher:
         return None
